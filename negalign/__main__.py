@@ -1,0 +1,5 @@
+import sys
+
+from negalign.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""Wiring shared by every trainer module: model/data from a recipe, PEFT, finishing a run (save, results, push)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from negalign.data import LOADERS
+from negalign.models import load_model_and_tokenizer
+from negalign.results import write_results
+
+
+def data_loader(recipe):
+    data = dict(recipe.data)
+    name = data.pop("name")
+    return LOADERS[name](**data)
+
+
+def model_and_tokenizer(recipe, loader=None):
+    loader = loader if loader is not None else (data_loader(recipe) if recipe.data else None)
+    corpus = getattr(loader, "texts", None)
+    return load_model_and_tokenizer(recipe.model, corpus=corpus)
+
+
+def peft_config(recipe):
+    if not recipe.peft:
+        return None
+    from peft import LoraConfig
+
+    kwargs = {"task_type": "CAUSAL_LM", **recipe.peft}
+    return LoraConfig(**kwargs)
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """Stop with a clear error when the logged loss is NaN or infinite (nothing is saved over the last checkpoint)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {loss} at step {state.global_step}; lower the learning rate or check the data. "
+                f"The last good checkpoint (if any) is in {args.output_dir}; resume with training.resume_from_checkpoint."
+            )
+
+
+def train_and_finish(trainer, recipe, extra_metrics: dict | None = None, resume=None) -> dict:
+    """Run ``trainer.train()``, save the model, write results.json, push if asked. Returns the metrics."""
+    resume = resume if resume is not None else recipe.training.get("resume_from_checkpoint")
+    out = trainer.train(resume_from_checkpoint=resume)
+    metrics = dict(out.metrics)
+    metrics["log_history"] = trainer.state.log_history
+    if extra_metrics:
+        metrics.update(extra_metrics)
+    trainer.save_model(recipe.output_dir)
+    if trainer.accelerator.is_main_process:
+        tok = getattr(trainer, "processing_class", None)
+        if tok is not None:
+            tok.save_pretrained(recipe.output_dir)
+        write_results(recipe.output_dir, metrics, recipe=recipe.to_dict(), method=recipe.method_name)
+        if recipe.output.get("push_to_hub"):
+            from negalign.hub import push
+
+            push(recipe.output_dir, repo_id=recipe.output["repo_id"], private=bool(recipe.output.get("private")))
+    return metrics
+
+
+def ensure_dir(path) -> Path:
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    return p

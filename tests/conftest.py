@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny kit model built once per session, and the path of ../shared/data (tests skip without it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRL_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NEGALIGN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+KIT_CORPUS = [
+    f"Question: What did author {i} write? Answer: Author {i} wrote {i % 7 + 2} novels about the {w} and the sea."
+    for i in range(200)
+    for w in ("river", "stars")
+]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def kit_path(tmp_path_factory) -> str:
+    from negalign.models import build_kit_model
+
+    return build_kit_model(tmp_path_factory.mktemp("kit") / "qwen2-tiny", KIT_CORPUS, arch="qwen2", size="tiny")
+
+
+@pytest.fixture()
+def kit(kit_path):
+    """A fresh (model, tokenizer) pair loaded from the session's kit folder, in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(kit_path, dtype=torch.float32), AutoTokenizer.from_pretrained(kit_path)
