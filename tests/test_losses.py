@@ -238,3 +238,21 @@ def test_step_advantages_and_first_pit_hand_example():
     qb = torch.stack([q, t(1.0, 0.4, 0.0, 0.0, 0.4)])
     assert L.first_pit(qb).tolist() == [3, 1]
     assert L.step_advantages(qb).shape == (2, 4)
+
+
+# ---------------------------------------------------------------- pass@k (SPEC §7)
+
+
+def test_pass_at_k_exact_values():
+    from negalign.evaluation import pass_at_k
+
+    assert pass_at_k(10, 0, 5) == 0.0
+    assert pass_at_k(10, 10, 1) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)  # c/n at k = 1
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))  # 1 - 3/10 = 0.7
+    assert pass_at_k(100, 3, 50) == pytest.approx(1 - math.comb(97, 50) / math.comb(100, 50))
+    assert pass_at_k(8, 6, 4) == 1.0  # fewer than k wrong samples: some draw of k always contains a correct one
+    # stable where the binomials overflow a float
+    assert 0.0 < pass_at_k(2000, 1, 1000) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)

@@ -1,0 +1,30 @@
+"""``negalign quickstart NAME --output-dir DIR``: offline miniature reproductions of each method's claim.
+
+Each quickstart module composes the public API as a user would and defines ``add_arguments(parser)`` and
+``main(args)``; it prints a table and writes ``DIR/results.json`` (and a plot)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+QUICKSTARTS = {
+    "npo-tofu": ("negalign.quickstarts.npo_tofu", "NPO-family unlearning on TOFU with a kit model (<= 15 min CPU)"),
+    "nsr-arith": ("negalign.quickstarts.nsr_arith", "PSR / NSR / W-REINFORCE / GRPO / NFT on synthetic arithmetic, pass@k"),
+    "d2o-toy": ("negalign.quickstarts.d2o_toy", "D2O vs GA / NPO / DPO on a miniature harm task with a programmatic judge"),
+    "madpo-toy": ("negalign.quickstarts.madpo_toy", "MADPO vs DPO / IPO under three preference-noise levels"),
+    "perstep-arith": ("negalign.quickstarts.perstep_arith", "Per-step negatives vs SFT / RFT / whole-pair DPO"),
+}
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="quickstart", metavar="NAME", required=True)
+    chosen = next((a for a in sys.argv[2:] if a in QUICKSTARTS), None)
+    for name, (module, help_text) in QUICKSTARTS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
+
+
+def main(args) -> int:
+    return importlib.import_module(QUICKSTARTS[args.quickstart][0]).main(args)
