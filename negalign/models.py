@@ -76,7 +76,7 @@ def build_model(tokenizer, arch: str = "qwen2", size: str = "tiny", seed: int = 
         raise ValueError(f"unknown kit size {size!r}; expected one of {tuple(SIZES)}")
     dims = {**SIZES[size], **overrides}
     common = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=dims.pop("model_vocab_size", len(tokenizer)),  # a larger embedding table than the tokenizer is allowed
         max_position_embeddings=2048,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

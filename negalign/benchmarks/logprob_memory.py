@@ -1,0 +1,103 @@
+"""``negalign bench logprob-memory``: peak memory and time of chunked log-probs (``negalign.logprobs.token_logps``)
+against the naive full-logits computation, forward + backward, on the same kit model and batch.
+
+A third variant, ``decoder``, runs the decoder alone (no LM head) to show the cost both share; the log-prob overhead
+ratio subtracts it. Each variant runs in its own fresh process. On CPU the peak is the process's peak RSS above its RSS right after the
+model and batch were built; on a GPU it is ``torch.cuda.max_memory_allocated`` above the same point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+
+from negalign.benchmarks.common import Timer, current_rss_mib, machine_line, peak_rss_mib, run_child
+from negalign.results import write_results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=32768, help="Model vocabulary (the logits' last dimension).")
+    parser.add_argument("--size", default="small", help="Kit size (negalign.models.SIZES).")
+    parser.add_argument("--chunk-size", type=int, default=1024)
+
+
+def _child(variant: str, kit: str, batch: int, seq: int, chunk: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from negalign.logprobs import naive_token_logps, sequence_logps, token_logps
+
+    torch.manual_seed(0)
+    cuda = torch.cuda.is_available()
+    dev = "cuda" if cuda else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(kit, dtype=torch.float32).to(dev)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (batch, seq), device=dev)
+    am = torch.ones_like(ids)
+    resp = am.clone()
+    resp[:, : seq // 4] = 0  # the first quarter plays the prompt
+    # warm-up on a tiny batch so lazy allocations do not count
+    def decoder_only(model, ids, am, resp):  # the shared cost: decoder activations, no LM head at all
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=am).last_hidden_state
+        return hidden.float().mean(-1)
+
+    fn = {"chunked": token_logps, "naive": naive_token_logps, "decoder": decoder_only}[variant]
+    kwargs = {"chunk_size": chunk} if variant == "chunked" else {}
+    w = (ids[:1, -16:], am[:1, -16:], resp[:1, -16:])
+    sequence_logps(fn(model, *w, **kwargs), w[2]).sum().backward()
+    model.zero_grad(set_to_none=False)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        base = current_rss_mib()
+        start_peak = peak_rss_mib()
+    with Timer() as t:
+        loss = sequence_logps(fn(model, ids, am, resp, **kwargs), resp).sum()
+        loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20 - base
+    else:
+        peak = max(peak_rss_mib(), start_peak) - base
+    return {"variant": variant, "peak_mib": peak, "seconds": t.seconds, "loss": loss.item()}
+
+
+def main(args) -> int:
+    from negalign.models import build_kit_model
+
+    corpus = [f"sample text number {i} with words {i % 13} and {i % 7}" for i in range(200)]
+    with tempfile.TemporaryDirectory() as tmp:
+        kit = build_kit_model(f"{tmp}/kit", corpus, size=args.size, model_vocab_size=args.vocab)
+        common = [kit, str(args.batch_size), str(args.seq_len), str(args.chunk_size)]
+        res = {v: run_child(__name__, ["--child", v, *common]) for v in ("decoder", "naive", "chunked")}
+    if abs(res["naive"]["loss"] - res["chunked"]["loss"]) > 1e-2 * abs(res["naive"]["loss"]):
+        raise RuntimeError(f"chunked and naive log-probs disagree: {res}")
+    full_logits_mib = args.batch_size * args.seq_len * args.vocab * 4 / 2**20
+    ratios = {
+        "chunked_over_naive": res["chunked"]["peak_mib"] / res["naive"]["peak_mib"],
+        "chunked_time_over_naive": res["chunked"]["seconds"] / res["naive"]["seconds"],
+        # the memory the log-prob computation adds on top of the decoder's own activations
+        "logprob_overhead_chunked_over_naive": (res["chunked"]["peak_mib"] - res["decoder"]["peak_mib"])
+        / (res["naive"]["peak_mib"] - res["decoder"]["peak_mib"]),
+    }
+    print(f"logprob-memory on {machine_line()}: batch {args.batch_size} x {args.seq_len} tokens, vocab {args.vocab} "
+          f"(full float32 logits = {full_logits_mib:.0f} MiB), forward + backward")
+    print(f"{'variant':10s} {'peak MiB':>10s} {'seconds':>8s}")
+    for v in ("decoder", "naive", "chunked"):
+        print(f"{v:10s} {res[v]['peak_mib']:10.0f} {res[v]['seconds']:8.2f}")
+    print("ratios: " + ", ".join(f"{k} = {x:.3f}" for k, x in ratios.items()))
+    write_results(args.output_dir, {"variants": res, "full_logits_mib": full_logits_mib}, ratios=ratios,
+                  benchmark="logprob-memory", settings=vars(args) | {"machine": machine_line()})
+    return 0
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--child":
+    variant, kit, batch, seq, chunk = sys.argv[2:7]
+    print(json.dumps(_child(variant, kit, int(batch), int(seq), int(chunk))))
