@@ -1,0 +1,173 @@
+"""TOFU (Maini et al. 2024): the fictitious-author unlearning benchmark, as forget/retain data for the NPO family.
+
+Loads ``locuslab/TOFU`` by Hub id and config name (``forget10``, ``retain90``, ``full``, ...) or a local folder with
+the same file names (``<folder>/forget10.json`` etc., JSON lines), e.g. ``../shared/data/tofu`` here.
+
+    loader = TofuData(path="../shared/data/tofu", forget_split="forget10")
+    pairs = loader.load_unlearning(tokenizer, process_index=accelerator.process_index)
+
+Prompts use the tokenizer's chat template when it has one, else ``Question: …\\nAnswer: `` (see
+``negalign.data.format_prompt``); the trainer puts the loss on the answer tokens only.
+
+Every forget example is paired with ``retain_draws`` retain examples (one per epoch, cycling), drawn from
+``numpy.random.default_rng([seed, process_index])``: reproducible for a given process, and *different on each
+process* so that data-parallel ranks do not all regularise on the same retain rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from negalign.data.core import DataError, completion_suffix, format_prompt, read_records, require_columns
+
+HUB_ID = "locuslab/TOFU"
+# The configs of locuslab/TOFU (and the file stems of a local copy).
+SPLITS = (
+    "full",
+    "forget01", "forget05", "forget10",
+    "retain90", "retain95", "retain99",
+    "forget01_perturbed", "forget05_perturbed", "forget10_perturbed",
+    "retain_perturbed",
+    "real_authors", "real_authors_perturbed",
+    "world_facts", "world_facts_perturbed",
+)
+_FORGET_RE = re.compile(r"^forget(\d\d)$")
+
+
+def default_retain_split(forget_split: str) -> str:
+    """TOFU's complement of a forget split: ``forget10`` → ``retain90``."""
+    m = _FORGET_RE.match(forget_split)
+    if not m:
+        raise DataError(f"forget split {forget_split!r} is not of the form forgetNN; name data.retain_split explicitly")
+    return f"retain{100 - int(m.group(1)):02d}"
+
+
+def is_local(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).exists() or path.startswith((".", "/"))
+
+
+def read_split(path: str, name: str) -> list[dict]:
+    """Rows of TOFU split ``name`` from a local folder or the Hub id ``path`` (config ``name``, split ``train``)."""
+    if not name:
+        raise DataError("empty TOFU split name")
+    if is_local(path):
+        from pathlib import Path
+
+        p = Path(path)
+        if not p.is_dir():
+            raise DataError(f"TOFU path {p} is not a folder (expected a folder with {name}.json, or a Hub id)")
+        return read_records(str(p), split=name)
+    if name not in SPLITS:
+        raise DataError(f"unknown TOFU split {name!r}; {HUB_ID}-style configs are: {', '.join(SPLITS)}")
+    return read_records(path, split="train", config=name)
+
+
+@dataclass
+class TofuData:
+    """TOFU forget/retain data for unlearning (and plain QA rows of any split for fine-tuning)."""
+
+    path: str = field(default=HUB_ID, metadata={"help": "Hub id (locuslab/TOFU) or a local folder with the same file names."})
+    forget_split: str = field(default="forget10", metadata={"help": "Forget split: forget01, forget05 or forget10."})
+    retain_split: str | None = field(
+        default=None, metadata={"help": "Retain split (default: the complement, retain90 for forget10)."}
+    )
+    split: str = field(default="full", metadata={"help": "Split that load() returns as prompt/completion (fine-tuning)."})
+    question_field: str = field(default="question", metadata={"help": "Column holding the question."})
+    answer_field: str = field(default="answer", metadata={"help": "Column holding the answer."})
+    max_forget: int | None = field(default=None, metadata={"help": "Keep only the first N forget rows."})
+    max_retain: int | None = field(default=None, metadata={"help": "Keep only the first N retain rows (the pool)."})
+    max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N rows of `split` (load())."})
+    retain_draws: int = field(
+        default=10, metadata={"help": "Retain partners drawn per forget example (epoch e uses draw e mod N)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the retain draws (combined with the process index)."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System message for chat templates."})
+
+    # ---------------------------------------------------------------- rows
+    def _rows(self, name: str, limit: int | None = None) -> list[dict]:
+        rows = read_split(self.path, name)
+        where = f"TOFU split {name!r} at {self.path}"
+        if not rows:
+            raise DataError(f"{where} is empty")
+        require_columns(rows, [self.question_field, self.answer_field], where)
+        return rows[:limit] if limit else rows
+
+    def forget_rows(self) -> list[dict]:
+        if not self.forget_split:
+            raise DataError("data.forget_split is empty; name a TOFU forget split (forget01, forget05, forget10)")
+        return self._rows(self.forget_split, self.max_forget)
+
+    def retain_rows(self) -> list[dict]:
+        return self._rows(self.retain_split or default_retain_split(self.forget_split), self.max_retain)
+
+    def rows(self) -> list[dict]:
+        return self._rows(self.split, self.max_samples)
+
+    # ---------------------------------------------------------------- formatting
+    def prompt(self, question: str, tokenizer=None) -> str:
+        return format_prompt(question, tokenizer, system=self.system_prompt)
+
+    def _examples(self, rows, tokenizer):
+        end = completion_suffix(tokenizer)
+        return [(self.prompt(r[self.question_field], tokenizer), str(r[self.answer_field]) + end) for r in rows]
+
+    def load(self, tokenizer=None):
+        """``split`` as a ``datasets.Dataset`` with ``prompt`` / ``completion`` text (for SFT on TOFU)."""
+        from datasets import Dataset
+
+        return Dataset.from_list([{"prompt": p, "completion": c} for p, c in self._examples(self.rows(), tokenizer)])
+
+    def retain_choices(self, n_forget: int, n_retain: int, process_index: int = 0) -> np.ndarray:
+        """``[n_forget, retain_draws]`` retain indices: column e is a shuffled pass over the pool (cycled as needed),
+        from ``default_rng([seed, process_index])`` — the same for a given process on every run, different per process."""
+        if n_retain == 0:
+            raise DataError("the retain split is empty")
+        rng = np.random.default_rng([int(self.seed), int(process_index)])
+        draws = max(1, int(self.retain_draws))
+        cols = []
+        order = np.empty(0, dtype=np.int64)
+        for _ in range(draws):
+            while len(order) < n_forget:
+                order = np.concatenate([order, rng.permutation(n_retain)])
+            cols.append(order[:n_forget])
+            order = order[n_forget:]
+        return np.stack(cols, axis=1)
+
+    def load_unlearning(self, tokenizer=None, process_index: int = 0):
+        """``(forget, retain)`` datasets for an unlearning trainer.
+
+        ``forget`` has ``prompt``, ``completion`` and ``retain_index`` (``retain_draws`` indices into ``retain``, drawn
+        per process); ``retain`` has ``prompt`` and ``completion``. Raises ``DataError`` on an empty forget split,
+        an unknown split name or missing columns, before any model work."""
+        from datasets import Dataset
+
+        forget = self._examples(self.forget_rows(), tokenizer)
+        retain = self._examples(self.retain_rows(), tokenizer)
+        choices = self.retain_choices(len(forget), len(retain), process_index)
+        forget_ds = Dataset.from_list(
+            [{"prompt": p, "completion": c, "retain_index": choices[i].tolist()} for i, (p, c) in enumerate(forget)]
+        )
+        retain_ds = Dataset.from_list([{"prompt": p, "completion": c} for p, c in retain])
+        return forget_ds, retain_ds
+
+    def eval_rows(self, name: str) -> list[dict]:
+        """Rows of an evaluation split (``forget10_perturbed``, ``retain_perturbed``, ...), columns checked."""
+        rows = read_split(self.path, name)
+        if not rows:
+            raise DataError(f"TOFU split {name!r} at {self.path} is empty")
+        return rows
+
+    def texts(self) -> list[str]:
+        """Texts to train a kit tokenizer on: the questions and answers of ``split`` (default ``full``)."""
+        out = []
+        for r in self._rows(self.split):
+            out.append(f"{r[self.question_field]} {r[self.answer_field]}")
+            for key in ("paraphrased_answer",):
+                if key in r:
+                    out.append(str(r[key]))
+        return out

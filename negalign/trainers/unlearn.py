@@ -1,0 +1,627 @@
+"""Unlearning: gradient ascent, GradDiff, NPO, NPO+RT, NPO+KL and SimNPO (SPEC.md §1) as one thin TRL trainer.
+
+    L = γ · mean_b L_forget(b) + α · mean L_retain
+
+forget term ``ga | npo | simnpo`` (``negalign.losses.ga_loss / npo_loss / simnpo_loss``), retain term
+``none | nll | kl`` (``nll_loss`` / ``negalign.logprobs.chunked_token_kl``). How the method is wired:
+
+* every training batch is ``B`` forget examples plus their ``B`` retain partners, padded together and sent through
+  the policy in **one** forward (the decoder runs once; log-probs come from ``chunk``-sized pieces of the LM head);
+* the reference log-probabilities of the forget set (NPO) are computed **once**, batched, when the trainer is built,
+  and stored as the ``ref_forget_logps`` dataset column (and in ``output_dir/ref_forget_logps.json``, reloaded when the
+  model and data fingerprint match, e.g. on resume). No reference forward happens in a training step for NPO/SimNPO/GA;
+* the ``kl`` retain term needs the reference distribution on the retain tokens: a frozen copy of the starting model
+  (full fine-tuning) or, with PEFT/LoRA, the same model with its adapters disabled (no second copy is held);
+* logs ``forget/logps``, ``forget/ref_logps``, ``npo/weight`` (w = 2σ(β(log π_θ − log π_ref)), the NPO gradient
+  weight), ``forget/loss``, ``retain/loss`` TRL-style, and writes a TRL model card with each checkpoint.
+
+Presets: ``METHOD_DEFAULTS`` maps ``ga, grad_diff, npo, npo_rt, npo_kl, simnpo`` to (forget_loss, retain_loss, beta).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import textwrap
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+from trl.trainer.base_config import _BaseConfig
+from trl.trainer.base_trainer import _BaseTrainer
+
+from negalign import logprobs as lp
+from negalign.data import DataError
+from negalign.losses import ga_loss, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
+from negalign.trainers.common import NonFiniteLossCallback, data_loader, model_and_tokenizer, peft_config, train_and_finish
+
+FORGET_LOSSES = ("ga", "npo", "simnpo")
+RETAIN_LOSSES = ("none", "nll", "kl")
+REF_CACHE_NAME = "ref_forget_logps.json"
+
+
+@dataclass
+class UnlearnConfig(_BaseConfig):
+    """TRL configuration of :class:`UnlearnTrainer`: TRL's base config plus the unlearning objective."""
+
+    forget_loss: str = field(
+        default="npo",
+        metadata={"help": "Forget term: ga (gradient ascent, token-mean log-prob), npo (Zhang et al. 2024) or simnpo "
+                  "(Fan et al. 2024, reference-free, length-normalised)."},
+    )
+    retain_loss: str = field(
+        default="none",
+        metadata={"help": "Retain term: none, nll (token-mean NLL of retain answers; NPO+RT, GradDiff) or kl "
+                  "(token-level KL(π_ref ‖ π_θ) on retain answer tokens; needs a reference forward on retain rows)."},
+    )
+    beta: float = field(default=0.1, metadata={"help": "β of NPO (paper 0.1) or SimNPO (paper 4.5)."})
+    simnpo_gamma: float = field(default=0.0, metadata={"help": "SimNPO reward margin γ_s (paper default 0)."})
+    gamma: float = field(default=1.0, metadata={"help": "Weight γ of the forget term in L = γ·L_forget + α·L_retain."})
+    alpha: float = field(default=1.0, metadata={"help": "Weight α of the retain term in L = γ·L_forget + α·L_retain."})
+    max_length: int = field(
+        default=512, metadata={"help": "Maximum tokens of prompt + answer; longer answers are cut at the end."}
+    )
+    logprob_chunk_size: int = field(
+        default=1024, metadata={"help": "Response positions per LM-head chunk (bounds the logits held in memory)."}
+    )
+    ref_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Batch size of the one-off reference pass over the forget set (default: "
+                  "2 × per_device_train_batch_size)."},
+    )
+    ref_cache: bool = field(
+        default=True,
+        metadata={"help": "Save the forget reference log-probs to output_dir/ref_forget_logps.json and reuse them when "
+                  "the model and data fingerprint match (resume skips the reference pass)."},
+    )
+    tofu_eval_steps: list[int] | None = field(
+        default=None,
+        metadata={"help": "Global steps at which to run the TOFU evaluation during training (needs data.name tofu); "
+                  "results go to output_dir/tofu_eval/step-N/results.json."},
+    )
+    tofu_eval_retain_results: str | None = field(
+        default=None,
+        metadata={"help": "results.json of the retain model's TOFU eval on the same forget split (for forget quality "
+                  "during training)."},
+    )
+    tofu_eval_max_items: int | None = field(
+        default=None, metadata={"help": "Evaluate at most N items per TOFU split during training (faster)."}
+    )
+
+    def __post_init__(self):
+        if self.forget_loss not in FORGET_LOSSES:
+            raise ValueError(f"forget_loss must be one of {FORGET_LOSSES}, got {self.forget_loss!r}")
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise ValueError(f"retain_loss must be one of {RETAIN_LOSSES}, got {self.retain_loss!r}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        super().__post_init__()
+
+
+CONFIG_CLASS = UnlearnConfig
+# Method presets (SPEC.md §1): the recipe's method.name picks one; explicit method keys override it.
+METHOD_DEFAULTS = {
+    "ga": {"forget_loss": "ga", "retain_loss": "none"},
+    "grad_diff": {"forget_loss": "ga", "retain_loss": "nll"},
+    "npo": {"forget_loss": "npo", "retain_loss": "none", "beta": 0.1},
+    "npo_rt": {"forget_loss": "npo", "retain_loss": "nll", "beta": 0.1},
+    "npo_kl": {"forget_loss": "npo", "retain_loss": "kl", "beta": 0.1},
+    "simnpo": {"forget_loss": "simnpo", "retain_loss": "nll", "beta": 4.5, "simnpo_gamma": 0.0},
+}
+
+_NAMES = {"ga": "GA", "npo": "NPO", "simnpo": "SimNPO"}
+_RETAIN_NAMES = {"none": "", "nll": "+RT", "kl": "+KL"}
+NPO_PAPER = {
+    "title": "Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning",
+    "id": "2404.05868",
+    "citation": textwrap.dedent("""\
+        @inproceedings{zhang2024negative,
+            title     = {{Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning}},
+            author    = {Ruiqi Zhang and Licong Lin and Yu Bai and Song Mei},
+            booktitle = {First Conference on Language Modeling},
+            year      = 2024,
+            url       = {https://arxiv.org/abs/2404.05868},
+        }"""),
+}
+SIMNPO_PAPER = {
+    "title": "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning",
+    "id": "2410.07163",
+    "citation": textwrap.dedent("""\
+        @article{fan2024simplicity,
+            title   = {{Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning}},
+            author  = {Chongyu Fan and Jiancheng Liu and Licong Lin and Jinghan Jia and Ruiqi Zhang and Song Mei and Sijia Liu},
+            journal = {arXiv preprint arXiv:2410.07163},
+            year    = 2024,
+        }"""),
+}
+TOFU_PAPER_CITATION = textwrap.dedent("""\
+    @inproceedings{maini2024tofu,
+        title     = {{TOFU: A Task of Fictitious Unlearning for LLMs}},
+        author    = {Pratyush Maini and Zhili Feng and Avi Schwarzschild and Zachary C. Lipton and J. Zico Kolter},
+        booktitle = {First Conference on Language Modeling},
+        year      = 2024,
+    }""")
+
+
+def method_title(forget_loss: str, retain_loss: str) -> str:
+    if forget_loss == "ga" and retain_loss == "nll":
+        return "GradDiff"
+    return _NAMES[forget_loss] + _RETAIN_NAMES[retain_loss]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# tokenisation and padding
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
+    """(input_ids, completion_mask) of prompt + completion, tokenised separately so the answer boundary is exact."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if not c:
+        raise DataError(f"an answer tokenises to nothing (prompt {prompt[:80]!r})")
+    if len(p) + len(c) > max_length:
+        keep_c = max(1, min(len(c), max_length - min(len(p), max_length // 2)))
+        c = c[:keep_c]
+        p = p[-(max_length - len(c)):]
+    return p + c, [0] * len(p) + [1] * len(c)
+
+
+def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int, length: int | None = None):
+    """Right-pad ``[(ids, completion_mask)]`` → (input_ids, attention_mask, completion_mask), each ``[B, L]``."""
+    length = length or max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    am = torch.zeros((len(rows), length), dtype=torch.long)
+    cm = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (row, mask) in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        am[i, : len(row)] = 1
+        cm[i, : len(row)] = torch.tensor(mask)
+    return ids, am, cm
+
+
+def _trim(ids, am, cm):
+    n = int(am.sum(-1).max().item()) if am.numel() else 0
+    return ids[:, :n], am[:, :n], cm[:, :n]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the reference as seen through a PEFT model with its adapters disabled
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class _AdapterOff(torch.nn.Module):
+    """Calls ``module`` with the PEFT model's adapters disabled (the frozen base is the reference)."""
+
+    def __init__(self, peft_model, module):
+        super().__init__()
+        object.__setattr__(self, "_peft", peft_model)  # not registered: no parameters of its own
+        self.inner = module
+
+    def forward(self, *args, **kwargs):
+        with self._peft.disable_adapter():
+            return self.inner(*args, **kwargs)
+
+
+class AdapterDisabledReference:
+    """A view of a PEFT model as its base model (adapters off), exposing what ``negalign.logprobs`` needs."""
+
+    def __init__(self, peft_model):
+        base = peft_model.get_base_model()
+        self.config = base.config
+        self._decoder = _AdapterOff(peft_model, base.get_decoder())
+        self._head = _AdapterOff(peft_model, base.get_output_embeddings())
+
+    def get_decoder(self):
+        return self._decoder
+
+    def get_output_embeddings(self):
+        return self._head
+
+
+def is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def weights_fingerprint(model, max_per_tensor: int = 256) -> str:
+    """Cheap digest of a model's (base) weights: names, shapes and the first values of every tensor."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if "lora_" in name or getattr(p, "ds_numel", None) is not None:
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(p.detach().flatten()[:max_per_tensor].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the trainer
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class UnlearnTrainer(_BaseTrainer):
+    """GA / GradDiff / NPO / NPO+RT / NPO+KL / SimNPO on TRL conventions.
+
+    Args:
+        model: a causal LM (or a PEFT model; or pass ``peft_config`` to wrap it).
+        args: :class:`UnlearnConfig`.
+        forget_dataset: ``prompt``, ``completion`` text columns (formatted prompts; answers end with EOS) and, when a
+            retain term is used, ``retain_index`` (list of indices into ``retain_dataset``, one per epoch, cycled).
+        retain_dataset: ``prompt``, ``completion`` columns (needed for ``retain_loss`` nll / kl).
+        ref_model: the reference for ``npo`` / ``kl`` when it differs from the starting model. Default: the starting
+            model itself (its forget log-probs are cached before step 1; for ``kl`` with full fine-tuning a frozen
+            copy is kept; with PEFT the adapter-disabled base is used).
+    """
+
+    loss_is_scaled_for_ga = False
+    _tag_names = ["trl", "negalign", "unlearning"]
+    _name = "NPO"
+    _paper = NPO_PAPER
+
+    def __init__(
+        self,
+        model,
+        args: UnlearnConfig,
+        forget_dataset,
+        retain_dataset=None,
+        processing_class=None,
+        ref_model=None,
+        peft_config=None,
+        callbacks=None,
+    ):
+        if processing_class is None:
+            raise ValueError("UnlearnTrainer needs processing_class (the tokenizer)")
+        self._check_columns(forget_dataset, ("prompt", "completion"), "forget dataset")
+        if len(forget_dataset) == 0:
+            raise DataError("the forget dataset is empty: nothing to unlearn")
+        uses_retain = args.retain_loss != "none"
+        if uses_retain:
+            if retain_dataset is None or len(retain_dataset) == 0:
+                raise DataError(f"retain_loss={args.retain_loss!r} needs a non-empty retain dataset")
+            self._check_columns(retain_dataset, ("prompt", "completion"), "retain dataset")
+            self._check_columns(forget_dataset, ("retain_index",), "forget dataset (retain_loss needs partners)")
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        if is_peft(model) and args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+        self.pad_id = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
+
+        def tok(example):
+            ids, cm = tokenize_pair(processing_class, example["prompt"], example["completion"], args.max_length)
+            return {"input_ids": ids, "completion_mask": cm}
+
+        forget = forget_dataset.map(tok, desc="Tokenizing forget set")
+        self.retain_pool = None
+        if uses_retain:
+            self.retain_pool = [
+                tokenize_pair(processing_class, p, c, args.max_length)
+                for p, c in zip(list(retain_dataset["prompt"]), list(retain_dataset["completion"]))
+            ]
+            n = len(self.retain_pool)
+            bad = [j for draws in list(forget["retain_index"]) for j in draws if not 0 <= j < n]
+            if bad:
+                raise DataError(f"retain_index values out of range for a retain set of {n}: {bad[:5]}")
+
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._name = method_title(args.forget_loss, args.retain_loss)
+        self._paper = SIMNPO_PAPER if args.forget_loss == "simnpo" else NPO_PAPER
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=self.collate,
+            train_dataset=forget,
+            processing_class=processing_class,
+            callbacks=callbacks,
+        )
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
+
+        # the reference: an explicit model, the adapter-disabled base (PEFT), or a frozen copy (kl, full fine-tuning)
+        self.ref_model = None
+        if ref_model is not None:
+            self.ref_model = self._prepare_ref(ref_model)
+        elif args.retain_loss == "kl" and not is_peft(self.model):
+            import copy
+
+            self.ref_model = self._prepare_ref(copy.deepcopy(self.accelerator.unwrap_model(self.model)))
+        if args.forget_loss == "npo":
+            self.train_dataset = self.train_dataset.add_column(
+                "ref_forget_logps", self.reference_forget_logps(self.train_dataset)
+            )
+
+    # ------------------------------------------------------------------ setup helpers
+    @staticmethod
+    def _check_columns(dataset, columns, where):
+        missing = [c for c in columns if c not in dataset.column_names]
+        if missing:
+            raise DataError(f"{where} lacks column(s) {missing}; it has {dataset.column_names}")
+
+    def _prepare_ref(self, ref):
+        ref.eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(ref, self.accelerator)
+        return ref.to(self.accelerator.device)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["input_ids", "completion_mask", "ref_forget_logps", "retain_index"]
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The reference model for a no-grad pass: the explicit/frozen ref, or the policy with adapters off."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        if is_peft(model):
+            with model.disable_adapter():
+                yield model
+        else:
+            yield model
+
+    def _ref_fingerprint(self, dataset) -> str:
+        h = hashlib.sha256()
+        with self.reference() as ref:
+            h.update(weights_fingerprint(self.accelerator.unwrap_model(ref)).encode())
+        h.update(json.dumps([list(dataset["input_ids"]), list(dataset["completion_mask"])]).encode())
+        return h.hexdigest()
+
+    def reference_forget_logps(self, dataset) -> list[float]:
+        """log π_ref(y|x) of every forget example: one batched no-grad pass (or the saved cache when it matches)."""
+        cache = Path(self.args.output_dir) / REF_CACHE_NAME
+        fingerprint = self._ref_fingerprint(dataset) if self.args.ref_cache else None
+        if fingerprint and cache.is_file():
+            try:
+                saved = json.loads(cache.read_text())
+            except json.JSONDecodeError:
+                saved = {}
+            if saved.get("fingerprint") == fingerprint and len(saved.get("logps", [])) == len(dataset):
+                return [float(v) for v in saved["logps"]]
+        values = self.compute_reference_logps(dataset)
+        if fingerprint and self.accelerator.is_main_process:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, "logps": values}))
+            tmp.replace(cache)
+        return values
+
+    @torch.no_grad()
+    def compute_reference_logps(self, dataset) -> list[float]:
+        """Batched reference pass. Every process computes the whole (small) forget set, so all processes hold the
+        same column and, under ZeRO-3, run the same number of forwards in lockstep."""
+        bs = self.args.ref_batch_size or 2 * self.args.per_device_train_batch_size
+        device = self.accelerator.device
+        out: list[float] = []
+        engine = None
+        if self.ref_model is None and self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            engine = prepare_deepspeed(self.model, self.accelerator)
+        with self.reference() as ref:
+            model = engine if engine is not None else ref
+            was_training = model.training
+            model.eval()
+            for start in tqdm(range(0, len(dataset), bs), desc="Reference log-probs of the forget set",
+                              disable=not self.accelerator.is_local_main_process):
+                rows = dataset[start : start + bs]
+                ids, am, cm = pad_rows(list(zip(list(rows["input_ids"]), list(rows["completion_mask"]))), self.pad_id)
+                ids, am, cm = ids.to(device), am.to(device), cm.to(device)
+                tl = lp.token_logps(model, ids, am, cm, chunk_size=self.args.logprob_chunk_size)
+                out.extend(lp.sequence_logps(tl, cm).float().cpu().tolist())
+            if was_training:
+                model.train()
+        return out
+
+    # ------------------------------------------------------------------ batches
+    def collate(self, features: list[dict]) -> dict:
+        ids, am, cm = pad_rows([(f["input_ids"], f["completion_mask"]) for f in features], self.pad_id)
+        batch = {"input_ids": ids, "attention_mask": am, "completion_mask": cm}
+        if "ref_forget_logps" in features[0]:
+            batch["ref_forget_logps"] = torch.tensor([f["ref_forget_logps"] for f in features], dtype=torch.float32)
+        if "retain_index" in features[0]:
+            batch["retain_index"] = torch.tensor([f["retain_index"] for f in features], dtype=torch.long)
+        return batch
+
+    def retain_rows(self, retain_index: torch.Tensor) -> list[tuple[list[int], list[int]]]:
+        """The retain partners of this step: draw ``epoch mod retain_draws`` of each forget example (restored with
+        the trainer state on resume, so a resumed run sees the same partners)."""
+        col = int(self.state.epoch or 0) % retain_index.shape[1]
+        return [self.retain_pool[int(i)] for i in retain_index[:, col].tolist()]
+
+    def build_batch(self, inputs: dict) -> dict:
+        """One padded batch ``[B_f + B_r, L]`` of forget rows then their retain partners (the single forward)."""
+        f_ids, f_am, f_cm = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+        n_forget = f_ids.shape[0]
+        if self.args.retain_loss == "none":
+            return {"input_ids": f_ids, "attention_mask": f_am, "completion_mask": f_cm, "n_forget": n_forget}
+        r_ids, r_am, r_cm = pad_rows(self.retain_rows(inputs["retain_index"]), self.pad_id)
+        length = max(f_ids.shape[1], r_ids.shape[1])
+
+        def widen(t, value):
+            return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+
+        device = f_ids.device
+        ids = torch.cat([widen(f_ids, self.pad_id), widen(r_ids.to(device), self.pad_id)])
+        am = torch.cat([widen(f_am, 0), widen(r_am.to(device), 0)])
+        cm = torch.cat([widen(f_cm, 0), widen(r_cm.to(device), 0)])
+        return {"input_ids": ids, "attention_mask": am, "completion_mask": cm, "n_forget": n_forget}
+
+    # ------------------------------------------------------------------ the forward
+    def policy_pass(self, model, ids, am, cm):
+        """One policy forward over all rows → (per-token log-probs ``[N, L]``, final hidden states or ``None``)."""
+        split = lp._split_head(model)
+        if split is None:
+            return lp.naive_token_logps(model, ids, am, cm), None
+        decoder, head, softcap = split
+        hidden = lp._hidden_states(model, decoder, ids, am)  # [N, L, H]
+        score = cm.bool().clone()
+        score[:, 0] = False
+        b_idx, t_idx = score.nonzero(as_tuple=True)
+        h, targets = hidden[b_idx, t_idx - 1], ids[b_idx, t_idx]
+        pieces = []
+        chunk = self.args.logprob_chunk_size
+        for s in range(0, h.shape[0], chunk):
+            args = (h[s : s + chunk], targets[s : s + chunk], head, softcap, 1.0)
+            if torch.is_grad_enabled() and args[0].requires_grad:
+                pieces.append(checkpoint(lp._head_logps, *args, use_reentrant=False))
+            else:
+                pieces.append(lp._head_logps(*args))
+        flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+        out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device).index_put((b_idx, t_idx), flat)
+        return out, hidden
+
+    def retain_kl(self, model, ids, am, cm, hidden) -> torch.Tensor:
+        """Mean token-level KL(π_ref ‖ π_θ) over the retain answer tokens, reusing the policy's hidden states."""
+        if self.ref_model is not None:
+            ref = self.ref_model
+        else:
+            unwrapped = self.accelerator.unwrap_model(model)
+            if not is_peft(unwrapped):
+                raise RuntimeError("retain_loss=kl without a reference model")
+            ref = AdapterDisabledReference(unwrapped)
+        if hidden is None:  # architecture without a separable head: full logits (one policy forward, one ref forward)
+            logits = model(input_ids=ids, attention_mask=am, use_cache=False).logits.float()
+            with torch.no_grad():
+                ref_logits = ref(input_ids=ids, attention_mask=am, use_cache=False).logits.float()
+            mask = cm.bool().clone()
+            mask[:, 0] = False
+            pos = mask[:, 1:]
+            kl = kl_loss(torch.log_softmax(ref_logits[:, :-1][pos], -1), torch.log_softmax(logits[:, :-1][pos], -1))
+        else:
+            kl = lp.chunked_token_kl(model, ref, ids, am, cm, chunk_size=self.args.logprob_chunk_size,
+                                     policy_hidden=hidden)
+        return kl.mean() if kl.numel() else kl.new_zeros(())
+
+    def compute_terms(self, model, inputs: dict) -> dict:
+        """All the loss terms of a batch (used by compute_loss and by tests)."""
+        args = self.args
+        batch = self.build_batch(inputs)
+        n = batch["n_forget"]
+        ids, am, cm = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        token_lp, hidden = self.policy_pass(model, ids, am, cm)
+        f_tok, f_mask = token_lp[:n], cm[:n].clone()
+        f_mask[:, 0] = 0
+        f_seq = lp.sequence_logps(f_tok, f_mask)  # [B]
+        lengths = f_mask.sum(-1)
+        terms = {"forget_logps": f_seq, "forget_lengths": lengths}
+        if args.forget_loss == "ga":
+            forget = ga_loss(f_tok, f_mask)
+        elif args.forget_loss == "npo":
+            ref = inputs["ref_forget_logps"].to(f_seq.device)
+            forget = npo_loss(f_seq, ref, args.beta)
+            terms["ref_forget_logps"] = ref
+            terms["npo_weight"] = npo_weight(f_seq, ref, args.beta)
+        else:
+            forget = simnpo_loss(f_seq, lengths, args.beta, args.simnpo_gamma)
+        terms["forget_loss"] = forget.mean()
+        if args.retain_loss == "nll":
+            r_mask = cm[n:].clone()
+            r_mask[:, 0] = 0
+            terms["retain_loss"] = nll_loss(token_lp[n:], r_mask).mean()
+        elif args.retain_loss == "kl":
+            terms["retain_loss"] = self.retain_kl(
+                model, ids[n:], am[n:], cm[n:], hidden[n:] if hidden is not None else None
+            )
+        loss = args.gamma * terms["forget_loss"]
+        if "retain_loss" in terms:
+            loss = loss + args.alpha * terms["retain_loss"]
+        terms["loss"] = loss
+        return terms
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        terms = self.compute_terms(model, inputs)
+        mode = "train" if model.training else "eval"
+        m = self._metrics[mode]
+        gather = self.accelerator.gather_for_metrics
+        m["forget/logps"].append(gather(terms["forget_logps"].detach()).mean().item())
+        per_tok = terms["forget_logps"].detach() / terms["forget_lengths"].clamp(min=1)
+        m["forget/logps_per_token"].append(gather(per_tok).mean().item())
+        m["forget/loss"].append(gather(terms["forget_loss"].detach()).mean().item())
+        if "npo_weight" in terms:
+            m["npo/weight"].append(gather(terms["npo_weight"]).mean().item())
+            m["forget/ref_logps"].append(gather(terms["ref_forget_logps"]).mean().item())
+        if "retain_loss" in terms:
+            m["retain/loss"].append(gather(terms["retain_loss"].detach()).mean().item())
+        loss = terms["loss"]
+        return (loss, terms) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and self.is_world_process_zero():
+            self.create_model_card(model_name=Path(output_dir or self.args.output_dir).name, dataset_name="locuslab/TOFU")
+
+    def _save_checkpoint(self, model, trial):
+        name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
+        self.create_model_card(model_name=name, dataset_name="locuslab/TOFU")
+        super()._save_checkpoint(model, trial)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# recipe entry point
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def train(recipe) -> dict:
+    """Train an unlearning recipe (data.name tofu, or any loader with ``load_unlearning``); returns the metrics."""
+    from accelerate import PartialState
+
+    from negalign.config import RecipeError
+
+    loader = data_loader(recipe)
+    if not hasattr(loader, "load_unlearning"):
+        raise RecipeError(f"method {recipe.method_name} needs forget/retain data (data.name: tofu), got {recipe.data.get('name')!r}")
+    config = recipe.build_config()
+    # validate the data before any model is loaded: empty/unknown splits and missing columns fail here
+    loader.forget_rows()
+    if config.retain_loss != "none":
+        loader.retain_rows()
+    model, tokenizer, path = model_and_tokenizer(recipe, loader)
+    forget, retain = loader.load_unlearning(tokenizer, process_index=PartialState().process_index)
+    ref_model = None
+    ref_path = recipe.model.get("ref_name_or_path")
+    if ref_path and (config.forget_loss == "npo" or config.retain_loss == "kl"):
+        from negalign.models import load_model_and_tokenizer
+
+        ref_model, _, _ = load_model_and_tokenizer({**recipe.model, "name_or_path": ref_path, "kit": None})
+    callbacks = [NonFiniteLossCallback()]
+    if config.tofu_eval_steps:
+        from negalign.evaluation.tofu import TofuEvalCallback
+
+        callbacks.append(
+            TofuEvalCallback(
+                data_path=loader.path, forget_split=loader.forget_split, steps=config.tofu_eval_steps,
+                tokenizer=tokenizer, retain_results=config.tofu_eval_retain_results,
+                max_items=config.tofu_eval_max_items, output_dir=os.path.join(recipe.output_dir, "tofu_eval"),
+                system_prompt=loader.system_prompt,
+            )
+        )
+    trainer = UnlearnTrainer(
+        model=model, args=config, forget_dataset=forget, retain_dataset=retain, processing_class=tokenizer,
+        ref_model=ref_model, peft_config=peft_config(recipe), callbacks=callbacks,
+    )
+    return train_and_finish(trainer, recipe)
