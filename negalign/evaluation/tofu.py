@@ -1,0 +1,423 @@
+"""The TOFU evaluation protocol (Maini et al. 2024; SPEC.md §1): forget quality, model utility, ROUGE, truth ratio.
+
+Per item, on the four TOFU evaluation splits (``<forget>_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``,
+``world_facts_perturbed``):
+
+* length-normalised probability ``P(y|x)^(1/|y|) = exp(mean_t log π(y_t|·))`` of the answer;
+* truth ratio ``R = P̄_perturbed / P_correct``: ``P̄_perturbed`` the geometric mean of the length-normalised
+  probabilities of the perturbed (wrong) answers, ``P_correct`` that of ``paraphrased_answer`` (forget / retain) or of
+  ``answer`` (real_authors / world_facts);
+* ROUGE-L recall of the greedy answer against ``answer``.
+
+Summaries: forget quality = KS-test p-value between the forget truth ratios of this model and of a retain-only model
+(``forget_quality``); model utility = harmonic mean of nine numbers (``model_utility``): on retain, real_authors and
+world_facts each of probability (on real_authors / world_facts ``P_true / (P_true + Σ P_perturbed)``), ROUGE-L recall
+and truth-ratio score ``mean(max(0, 1 - R))``. Forget ROUGE-L, forget probability and forget truth ratio
+``mean(min(R, 1/R))`` are reported too.
+
+    negalign eval tofu --model runs/npo --data ../shared/data/tofu --forget-split forget10 \\
+        --retain-results runs/retain-eval/results.json --output-dir runs/npo-eval
+
+This module never imports ``negalign.trainers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+from negalign.data import DataError
+from negalign.data.core import format_prompt
+from negalign.data.tofu import read_split
+
+EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts")
+UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# metric functions (pure; tests pin them to hand-computed values)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def length_normalized_prob(logp_sum: float, length: int) -> float:
+    """``P(y|x)^(1/|y|) = exp(log P(y|x) / |y|)``."""
+    return math.exp(logp_sum / max(int(length), 1))
+
+
+def truth_ratio(correct_norm_logp: float, perturbed_norm_logps) -> float:
+    """``R = (Π_i P_i)^(1/k) / P_correct`` from length-normalised *log*-probabilities (mean per-token log-probs)."""
+    perturbed = np.asarray(perturbed_norm_logps, dtype=np.float64)
+    return float(np.exp(perturbed.mean() - correct_norm_logp))
+
+
+def truth_ratio_score(ratios) -> float:
+    """Model-utility truth-ratio score ``mean(max(0, 1 - R))`` (retain, real_authors, world_facts)."""
+    r = np.asarray(ratios, dtype=np.float64)
+    return float(np.maximum(0.0, 1.0 - r).mean())
+
+
+def forget_truth_ratio(ratios) -> float:
+    """Forget truth ratio ``mean(min(R, 1/R))``: 1 when correct and perturbed answers are equally likely."""
+    r = np.asarray(ratios, dtype=np.float64)
+    return float(np.minimum(r, 1.0 / r).mean())
+
+
+def option_probability(true_norm_prob: float, perturbed_norm_probs) -> float:
+    """Probability on real_authors / world_facts: ``P_true / (P_true + Σ P_perturbed)`` (length-normalised)."""
+    return float(true_norm_prob / (true_norm_prob + float(np.sum(perturbed_norm_probs))))
+
+
+_ROUGE = None
+
+
+def rouge_l_recall(prediction: str, reference: str) -> float:
+    """ROUGE-L recall of ``prediction`` against ``reference`` (rouge-score, Porter stemmer, as TOFU)."""
+    global _ROUGE
+    if _ROUGE is None:
+        from rouge_score import rouge_scorer
+
+        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return float(_ROUGE.score(reference, prediction)["rougeL"].recall)
+
+
+def forget_quality(tr_unlearned, tr_retain) -> float:
+    """p-value of the two-sample Kolmogorov–Smirnov test between two sets of forget-set truth ratios."""
+    from scipy.stats import ks_2samp
+
+    a, b = np.asarray(tr_unlearned, dtype=np.float64), np.asarray(tr_retain, dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("forget_quality needs non-empty truth-ratio lists")
+    return float(ks_2samp(a, b).pvalue)
+
+
+def model_utility(nine_numbers) -> float:
+    """Harmonic mean of the nine utility numbers (0 when any of them is 0)."""
+    values = np.asarray(list(nine_numbers), dtype=np.float64)
+    if values.size != 9:
+        raise ValueError(f"model utility is the harmonic mean of 9 numbers, got {values.size}")
+    if np.any(values < 0):
+        raise ValueError(f"utility numbers must be >= 0, got {values.tolist()}")
+    if np.any(values == 0):
+        return 0.0
+    return float(values.size / np.sum(1.0 / values))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# model passes
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def score_answers(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 32,
+                  desc: str = "scoring", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(summed log-prob, token count) of each answer given its formatted prompt (answer tokens only)."""
+    from negalign.logprobs import sequence_logps, token_logps
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = []
+    for p, a in zip(prompts, answers):
+        pi = tokenizer(p, add_special_tokens=False)["input_ids"]
+        ai = tokenizer(a, add_special_tokens=False)["input_ids"] or [pad]
+        rows.append((pi + ai, [0] * len(pi) + [1] * len(ai)))
+    order = np.argsort([-len(r[0]) for r in rows], kind="stable")
+    sums, lens = np.zeros(len(rows)), np.zeros(len(rows), dtype=np.int64)
+    device = _device(model)
+    for s in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = order[s : s + batch_size]
+        L = max(len(rows[i][0]) for i in idx)
+        ids = torch.full((len(idx), L), pad, dtype=torch.long)
+        am = torch.zeros_like(ids)
+        cm = torch.zeros_like(ids)
+        for j, i in enumerate(idx):
+            t, m = rows[i]
+            ids[j, : len(t)] = torch.tensor(t)
+            am[j, : len(t)] = 1
+            cm[j, : len(t)] = torch.tensor(m)
+        ids, am, cm = ids.to(device), am.to(device), cm.to(device)
+        tl = token_logps(model, ids, am, cm)
+        cm0 = cm.clone()
+        cm0[:, 0] = 0
+        sums[idx] = sequence_logps(tl, cm0).float().cpu().numpy()
+        lens[idx] = cm0.sum(-1).cpu().numpy()
+    return sums, lens
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 32, max_new_tokens: int = 64,
+                     progress: bool = True) -> list[str]:
+    """Greedy answers, batched with left padding."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = _device(model)
+    out = [""] * len(prompts)
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = np.argsort([-len(e) for e in encoded], kind="stable")
+    for s in tqdm(range(0, len(prompts), batch_size), desc="greedy generation", disable=not progress, leave=False):
+        idx = order[s : s + batch_size]
+        L = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), L), pad, dtype=torch.long)
+        am = torch.zeros_like(ids)
+        for j, i in enumerate(idx):
+            ids[j, L - len(encoded[i]):] = torch.tensor(encoded[i])
+            am[j, L - len(encoded[i]):] = 1
+        gen = model.generate(
+            input_ids=ids.to(device), attention_mask=am.to(device), do_sample=False, max_new_tokens=max_new_tokens,
+            pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+        )
+        for j, i in enumerate(idx):
+            out[i] = tokenizer.decode(gen[j, L:], skip_special_tokens=True).strip()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the protocol
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def split_file(kind: str, forget_split: str) -> str:
+    return {"forget": f"{forget_split}_perturbed", "retain": "retain_perturbed",
+            "real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed"}[kind]
+
+
+def load_eval_rows(data_path: str, forget_split: str, kinds=EVAL_SPLITS, max_items: int | None = None) -> dict:
+    """Rows of each evaluation split, columns checked (``question``, ``answer``, ``perturbed_answer`` and, on forget /
+    retain, ``paraphrased_answer``)."""
+    if not str(forget_split).startswith("forget"):
+        raise DataError(f"forget split must be forget01/forget05/forget10 (or a local forgetNN), got {forget_split!r}")
+    out = {}
+    for kind in kinds:
+        name = split_file(kind, forget_split)
+        rows = read_split(data_path, name)
+        if not rows:
+            raise DataError(f"TOFU evaluation split {name!r} at {data_path} is empty")
+        need = ["question", "answer", "perturbed_answer"] + (["paraphrased_answer"] if kind in ("forget", "retain") else [])
+        missing = [c for c in need if c not in rows[0]]
+        if missing:
+            raise DataError(f"TOFU evaluation split {name!r} lacks column(s) {missing}; it has {sorted(rows[0])}")
+        out[kind] = rows[:max_items] if max_items else rows
+    return out
+
+
+def evaluate_split(model, tokenizer, kind: str, rows: list[dict], batch_size: int = 32, max_new_tokens: int = 64,
+                   system_prompt: str | None = None, generate: bool = True, progress: bool = True) -> dict:
+    """Per-item values and the split's summary numbers."""
+    prompts = [format_prompt(r["question"], tokenizer, system=system_prompt) for r in rows]
+    correct_key = "paraphrased_answer" if kind in ("forget", "retain") else "answer"
+    texts_p, texts_a, owner, role = [], [], [], []
+    for i, r in enumerate(rows):
+        perturbed = list(r["perturbed_answer"]) if isinstance(r["perturbed_answer"], (list, tuple)) else [r["perturbed_answer"]]
+        for role_name, ans in [("answer", r["answer"]), ("correct", r[correct_key])] + [("perturbed", a) for a in perturbed]:
+            if role_name == "correct" and correct_key == "answer":
+                continue  # same text as "answer": scored once
+            texts_p.append(prompts[i])
+            texts_a.append(str(ans))
+            owner.append(i)
+            role.append(role_name)
+    sums, lens = score_answers(model, tokenizer, texts_p, texts_a, batch_size, desc=f"scoring {kind}", progress=progress)
+    norm_logp = sums / np.maximum(lens, 1)
+    items = [{"question": r["question"], "answer": r["answer"], "perturbed_norm_logps": []} for r in rows]
+    for k, i in enumerate(owner):
+        if role[k] == "answer":
+            items[i]["answer_logp"] = float(sums[k])
+            items[i]["answer_len"] = int(lens[k])
+            items[i]["answer_norm_logp"] = float(norm_logp[k])
+        elif role[k] == "correct":
+            items[i]["correct_norm_logp"] = float(norm_logp[k])
+        else:
+            items[i]["perturbed_norm_logps"].append(float(norm_logp[k]))
+    for it in items:
+        correct = it.get("correct_norm_logp", it["answer_norm_logp"])
+        it["prob"] = math.exp(it["answer_norm_logp"])
+        if kind in ("real_authors", "world_facts"):
+            it["prob"] = option_probability(math.exp(it["answer_norm_logp"]), np.exp(it["perturbed_norm_logps"]))
+        it["truth_ratio"] = truth_ratio(correct, it["perturbed_norm_logps"])
+    if generate:
+        gens = generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens, progress=progress)
+        for it, g in zip(items, gens):
+            it["generated"] = g
+            it["rouge_l_recall"] = rouge_l_recall(g, it["answer"])
+    ratios = [it["truth_ratio"] for it in items]
+    summary = {
+        "prob": float(np.mean([it["prob"] for it in items])),
+        "truth_ratio": forget_truth_ratio(ratios) if kind == "forget" else truth_ratio_score(ratios),
+    }
+    if generate:
+        summary["rouge"] = float(np.mean([it["rouge_l_recall"] for it in items]))
+    return {"summary": summary, "items": items}
+
+
+def retain_truth_ratios(reference, questions: list[str], forget_split: str) -> list[float]:
+    """Forget-set truth ratios of the retain model from a saved eval JSON (path or dict), matched by question.
+
+    Raises ``DataError`` when the JSON is from another forget split or lacks some of the questions."""
+    if isinstance(reference, (str, os.PathLike)):
+        p = Path(reference)
+        if p.is_dir():
+            p = p / "results.json"
+        if not p.is_file():
+            raise DataError(f"retain results file not found: {p}")
+        try:
+            reference = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"retain results {p} is not valid JSON: {e}") from e
+    split = reference.get("split")
+    if split != forget_split:
+        raise DataError(
+            f"the retain reference was evaluated on forget split {split!r}, this evaluation is on {forget_split!r}; "
+            f"evaluate the retain model on {forget_split!r} (negalign eval tofu --forget-split {forget_split})"
+        )
+    items = (reference.get("items") or {}).get("forget")
+    if not items:
+        raise DataError("the retain reference has no per-item forget truth ratios (items.forget)")
+    by_q = {it["question"]: it["truth_ratio"] for it in items}
+    missing = [q for q in questions if q not in by_q]
+    if missing:
+        raise DataError(f"the retain reference lacks {len(missing)} of the evaluated forget questions, e.g. {missing[0]!r}")
+    return [float(by_q[q]) for q in questions]
+
+
+def evaluate_tofu(model, tokenizer, data_path: str, forget_split: str = "forget10", retain_reference=None,
+                  max_items: int | None = None, batch_size: int = 32, max_new_tokens: int = 64,
+                  system_prompt: str | None = None, progress: bool = True, splits=EVAL_SPLITS) -> dict:
+    """Run the TOFU protocol on ``model``. ``retain_reference``: a retain-only model (evaluated here on the forget
+    split), a results dict / path of an earlier ``negalign eval tofu`` of one, or None (forget quality left out).
+
+    Returns ``{"split", "data", "summary", "items"}``; ``summary`` has forget_quality, model_utility, forget_rouge,
+    forget_prob, forget_truth_ratio and the nine utility numbers (``<split>_prob|rouge|truth_ratio``)."""
+    rows = load_eval_rows(data_path, forget_split, splits, max_items)
+    if retain_reference is not None and not hasattr(retain_reference, "generate") and "forget" in rows:
+        # a saved eval: check it before spending any time
+        retain_truth_ratios(retain_reference, [r["question"] for r in rows["forget"]], forget_split)
+    was_training = model.training
+    model.eval()
+    try:
+        results = {kind: evaluate_split(model, tokenizer, kind, rows[kind], batch_size, max_new_tokens, system_prompt,
+                                        progress=progress) for kind in rows}
+    finally:
+        if was_training:
+            model.train()
+    summary: dict = {}
+    for kind, res in results.items():
+        for key, value in res["summary"].items():
+            summary[f"{kind}_{key}"] = value
+    if all(k in results for k in UTILITY_SPLITS):
+        summary["model_utility"] = model_utility(
+            [summary[f"{k}_{m}"] for k in UTILITY_SPLITS for m in ("prob", "rouge", "truth_ratio")]
+        )
+    if "forget" in results:
+        questions = [it["question"] for it in results["forget"]["items"]]
+        tr = [it["truth_ratio"] for it in results["forget"]["items"]]
+        summary["forget_quality"] = None
+        if retain_reference is not None:
+            if hasattr(retain_reference, "generate"):
+                ref_tok = getattr(retain_reference, "_negalign_tokenizer", tokenizer)
+                ref = evaluate_split(retain_reference, ref_tok, "forget", rows["forget"], batch_size, max_new_tokens,
+                                     system_prompt, generate=False, progress=progress)
+                tr_ret = [it["truth_ratio"] for it in ref["items"]]
+            else:
+                tr_ret = retain_truth_ratios(retain_reference, questions, forget_split)
+            summary["forget_quality"] = forget_quality(tr, tr_ret)
+    return {"split": forget_split, "data": str(data_path), "summary": summary,
+            "items": {k: v["items"] for k, v in results.items()}}
+
+
+def write_eval(output_dir, result: dict, **extra) -> Path:
+    """``output_dir/results.json``: the summary as ``metrics`` plus ``split``, ``data`` and per-item ``items``."""
+    from negalign.results import write_results
+
+    return write_results(output_dir, result["summary"], recipe=None, kind="tofu_eval", split=result["split"],
+                         data=result["data"], items=result["items"], **extra)
+
+
+class TofuEvalCallback(TrainerCallback):
+    """Run the TOFU evaluation at chosen global steps during training (main process; ``history`` keeps summaries).
+
+    ``steps`` may include 0 (before the first update). Results go to ``output_dir/step-N/results.json``."""
+
+    def __init__(self, data_path, forget_split, steps, tokenizer, retain_results=None, max_items=None,
+                 output_dir=None, batch_size=32, max_new_tokens=64, system_prompt=None, progress=False):
+        self.data_path, self.forget_split, self.steps = data_path, forget_split, sorted(set(int(s) for s in steps))
+        self.tokenizer, self.retain_results, self.max_items = tokenizer, retain_results, max_items
+        self.output_dir, self.batch_size, self.max_new_tokens = output_dir, batch_size, max_new_tokens
+        self.system_prompt, self.progress = system_prompt, progress
+        self.history: list[dict] = []
+        load_eval_rows(data_path, forget_split, max_items=1)  # fail early on bad data
+
+    def _run(self, state, model):
+        if not state.is_world_process_zero:
+            return
+        res = evaluate_tofu(model, self.tokenizer, self.data_path, self.forget_split, self.retain_results,
+                            self.max_items, self.batch_size, self.max_new_tokens, self.system_prompt, self.progress)
+        self.history.append({"step": state.global_step, **res["summary"]})
+        if self.output_dir:
+            write_eval(Path(self.output_dir) / f"step-{state.global_step}", res, step=state.global_step)
+        state.log_history.append({"step": state.global_step, **{f"tofu/{k}": v for k, v in res["summary"].items()}})
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if 0 in self.steps and state.global_step == 0:
+            self._run(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps:
+            self._run(state, model)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# CLI: negalign eval tofu
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="Model folder or Hub id to evaluate.")
+    parser.add_argument("--data", default="locuslab/TOFU", help="TOFU Hub id or local folder (e.g. ../shared/data/tofu).")
+    parser.add_argument("--forget-split", default="forget10", help="forget01, forget05 or forget10.")
+    ref = parser.add_mutually_exclusive_group()
+    ref.add_argument("--retain-model", help="Retain-only model (folder / Hub id) for forget quality.")
+    ref.add_argument("--retain-results", help="results.json of an earlier `negalign eval tofu` of the retain model.")
+    parser.add_argument("--output-dir", required=True, help="Where to write results.json.")
+    parser.add_argument("--max-items", type=int, default=None, help="Evaluate the first N items of each split.")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="Greedy generation length (TOFU uses 200).")
+    parser.add_argument("--system-prompt", default=None, help="System message for chat templates.")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16.")
+
+
+def _load(path: str, dtype: str):
+    from negalign.models import load_model_and_tokenizer
+
+    model, tok, _ = load_model_and_tokenizer({"name_or_path": path, "dtype": dtype})
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, tok
+
+
+def main(args) -> int:
+    # check the data and the saved retain reference before loading any model
+    rows = load_eval_rows(args.data, args.forget_split, max_items=args.max_items)
+    if args.retain_results:
+        retain_truth_ratios(args.retain_results, [r["question"] for r in rows["forget"]], args.forget_split)
+    model, tok = _load(args.model, args.dtype)
+    reference = args.retain_results
+    if args.retain_model:
+        reference, ref_tok = _load(args.retain_model, args.dtype)
+        reference._negalign_tokenizer = ref_tok
+    result = evaluate_tofu(model, tok, args.data, args.forget_split, reference, args.max_items, args.batch_size,
+                           args.max_new_tokens, args.system_prompt)
+    path = write_eval(args.output_dir, result, model=args.model,
+                      retain_reference=args.retain_model or args.retain_results)
+    s = result["summary"]
+    keys = ["forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio"]
+    print("  ".join(f"{k}={s.get(k):.4g}" if isinstance(s.get(k), float) else f"{k}={s.get(k)}" for k in keys))
+    print(f"wrote {path}")
+    return 0
