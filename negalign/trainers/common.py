@@ -53,6 +53,9 @@ def train_and_finish(trainer, recipe, extra_metrics: dict | None = None, resume=
     metrics["log_history"] = trainer.state.log_history
     if extra_metrics:
         metrics.update(extra_metrics)
+    metrics["world_size"] = trainer.accelerator.num_processes
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    metrics["deepspeed_zero_stage"] = plugin.zero_stage if getattr(trainer, "is_deepspeed_enabled", False) else None
     trainer.save_model(recipe.output_dir)
     if trainer.accelerator.is_main_process:
         tok = getattr(trainer, "processing_class", None)
