@@ -1,0 +1,184 @@
+"""D²O trainer: the loss equals TRL's DPO at K=1, α=β; the anchors and reference log-probs are computed once; bad
+input fails clearly; real steps move the policy the claimed way; the online option re-samples anchors."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from negalign.data import DataError, NegativesData, format_prompt
+from negalign.logprobs import sequence_logps, token_logps
+from negalign.trainers.d2o import D2OConfig, D2OTrainer
+
+QUESTIONS = [f"What did author {i} write?" for i in range(6)]
+GOOD = [f"Author {i} wrote {i % 7 + 2} novels about the river and the sea." for i in range(6)]
+BAD = [f"Author {i} wrote nothing about the stars." for i in range(6)]
+
+
+def _perturbed(model, seed=0, scale=0.05):
+    """The policy: the kit model with its weights nudged, so that policy and reference log-probs differ."""
+    pol = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return pol
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", max_length=128,
+                per_device_train_batch_size=3, gradient_checkpointing=False, disable_dropout=True, seed=0,
+                save_strategy="no", logging_steps=1, disable_tqdm=True, anchor_max_new_tokens=8, anchor_batch_size=4)
+    base.update(kw)
+    return D2OConfig(**base)
+
+
+def _batch(trainer, n):
+    return trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(n)]))
+
+
+def test_k1_alpha_eq_beta_equals_trl_dpo_loss_and_gradient(kit, tmp_path):
+    model, tok = kit
+    prompts = [format_prompt(q, tok) for q in QUESTIONS[:4]]
+    ref = model.eval()
+    pol_a, pol_b = _perturbed(model), _perturbed(model)
+    d2o_data = Dataset.from_dict({"prompt": prompts, "rejected": BAD[:4], "anchors": [[g] for g in GOOD[:4]]})
+    dpo_data = Dataset.from_dict({"prompt": prompts, "chosen": GOOD[:4], "rejected": BAD[:4]})
+    d2o = D2OTrainer(pol_a, ref_model=copy.deepcopy(ref), args=_cfg(tmp_path, num_anchors=1, alpha=0.1, beta=0.1),
+                     train_dataset=d2o_data, processing_class=tok)
+    dpo_args = DPOConfig(output_dir=str(tmp_path / "dpo"), use_cpu=True, bf16=False, report_to="none", max_length=128,
+                         beta=0.1, gradient_checkpointing=False, disable_dropout=True)
+    dpo = DPOTrainer(pol_b, ref_model=copy.deepcopy(ref), args=dpo_args, train_dataset=dpo_data, processing_class=tok)
+
+    loss_d2o = d2o.compute_loss(d2o.model, _batch(d2o, 4))
+    loss_dpo = dpo.compute_loss(dpo.model, _batch(dpo, 4))
+    assert abs(loss_dpo.item() - math.log(2)) > 1e-3  # policy ≠ reference: a non-trivial comparison
+    torch.testing.assert_close(loss_d2o, loss_dpo, rtol=1e-5, atol=1e-6)
+    loss_d2o.backward()
+    loss_dpo.backward()
+    ga = torch.cat([p.grad.flatten() for p in d2o.model.parameters() if p.grad is not None])
+    gb = torch.cat([p.grad.flatten() for p in dpo.model.parameters() if p.grad is not None])
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
+
+
+def test_k3_loss_is_the_spec_formula(kit, tmp_path):
+    """K=3, α≠β: the trainer's loss equals SPEC §2 written out by hand over independently computed log-probs."""
+    model, tok = kit
+    prompts = [format_prompt(q, tok) for q in QUESTIONS[:3]]
+    anchors = [[GOOD[i], GOOD[(i + 1) % 6], BAD[(i + 2) % 6]] for i in range(3)]
+    data = Dataset.from_dict({"prompt": prompts, "rejected": BAD[:3], "anchors": anchors})
+    ref = model.eval()
+    pol = _perturbed(model, seed=1)
+    beta, alpha = 0.3, 0.05
+    tr = D2OTrainer(pol, ref_model=copy.deepcopy(ref), args=_cfg(tmp_path, num_anchors=3, beta=beta, alpha=alpha),
+                    train_dataset=data, processing_class=tok)
+    loss = tr.compute_loss(tr.model, _batch(tr, 3))
+
+    def seq_logp(m, prompt, resp):
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        full = tok(prompt + resp + tok.eos_token, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([full])
+        mask = torch.tensor([[0] * len(p) + [1] * (len(full) - len(p))])
+        with torch.no_grad():
+            return sequence_logps(token_logps(m, ids, torch.ones_like(ids), mask), mask).item()
+
+    expected = []
+    for i in range(3):
+        pos = sum(seq_logp(pol, prompts[i], a) - seq_logp(ref, prompts[i], a) for a in anchors[i]) * beta / 3
+        neg = alpha * (seq_logp(pol, prompts[i], BAD[i]) - seq_logp(ref, prompts[i], BAD[i]))
+        expected.append(-math.log(1 / (1 + math.exp(-(pos - neg)))))
+    assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-4, abs=1e-5)
+
+
+def test_anchors_generated_once_and_reference_logps_cached_once(kit, tmp_path):
+    model, tok = kit
+    prompts = [format_prompt(q, tok) for q in QUESTIONS]
+    data = Dataset.from_dict({"prompt": prompts, "rejected": BAD})
+    args = _cfg(tmp_path, num_anchors=2, max_steps=3, learning_rate=1e-3)
+    tr = D2OTrainer(model, args=args, train_dataset=data, processing_class=tok)
+    assert tr.anchor_generation_calls == 1
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "anchors.jsonl") if '"id"' in line]
+    assert len(rows) == 6 and all(len(r["completions"]) == 2 for r in rows)
+    assert tr.ref_logp_batches == 2  # 6 prompts / batch of 3: two reference passes, before training
+    cols = tr.train_dataset.column_names
+    assert "ref_anchor_logps" in cols and "ref_rejected_logps" in cols
+    calls = {"n": 0}
+    real = tr.compute_ref_log_probs
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    tr.compute_ref_log_probs = counting
+    tr.train()
+    assert calls["n"] == 0 and tr.ref_logp_batches == 2  # no reference forward inside the training steps
+    # a second run with the same anchors file reads it instead of sampling again
+    tr2 = D2OTrainer(copy.deepcopy(model), args=args, train_dataset=data, processing_class=tok)
+    assert tr2.anchor_generation_calls == 0
+    assert tr2.train_dataset["anchors"] == [r["completions"] for r in rows]
+
+
+def test_bad_input_is_a_clear_error(kit, tmp_path):
+    model, tok = kit
+    path = tmp_path / "neg.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "rejected": "b"}) + "\n" + json.dumps({"prompt": "c", "rejected": ""}) + "\n")
+    with pytest.raises(DataError, match="row 1 has no negative"):
+        NegativesData(path=str(path)).load(tok)
+    path.write_text(json.dumps({"prompt": "a", "answer": "b"}) + "\n")
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['rejected'\]"):
+        NegativesData(path=str(path)).load(tok)
+    # K larger than the samples on file
+    prompts = [format_prompt(q, tok) for q in QUESTIONS[:2]]
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text("".join(json.dumps({"id": i, "prompt": p, "completions": ["x", "y"]}) + "\n"
+                               for i, p in enumerate(prompts)))
+    data = Dataset.from_dict({"prompt": prompts, "rejected": BAD[:2]})
+    with pytest.raises(DataError, match="K=3 anchors requested but the anchors file .* holds only 2"):
+        D2OTrainer(model, args=_cfg(tmp_path, num_anchors=3, anchors_path=str(anchors)), train_dataset=data,
+                   processing_class=tok)
+    with pytest.raises(DataError, match="K=3 anchors requested but data row 0 holds only 1"):
+        D2OTrainer(model, args=_cfg(tmp_path, num_anchors=3), processing_class=tok,
+                   train_dataset=data.add_column("anchors", [["x"], ["y"]]))
+    with pytest.raises(DataError, match="lacks column 'rejected'"):
+        D2OTrainer(model, args=_cfg(tmp_path), train_dataset=Dataset.from_dict({"prompt": prompts}),
+                   processing_class=tok)
+
+
+def test_steps_lower_the_negative_relative_to_the_anchors(kit, tmp_path):
+    model, tok = kit
+    prompts = [format_prompt(q, tok) for q in QUESTIONS]
+    data = Dataset.from_dict({"prompt": prompts, "rejected": BAD, "anchors": [[g, g] for g in GOOD]})
+    tr = D2OTrainer(model, args=_cfg(tmp_path, num_anchors=2, max_steps=8, learning_rate=3e-3, beta=0.5, alpha=0.5),
+                    train_dataset=data, processing_class=tok)
+    before = tr.train_dataset["ref_rejected_logps"]
+    tr.train()
+    logs = [h for h in tr.state.log_history if "loss" in h]
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    tr.model.eval()
+    batch = _batch(tr, 6)
+    with torch.no_grad():
+        tr.compute_loss(tr.model, batch)
+    # the negative's log-probability fell below the reference, the anchors' rose relative to it
+    assert tr._metrics["eval"]["rewards/negative"][-1] < 0
+    assert tr._metrics["eval"]["rewards/margins"][-1] > 0.1
+    assert before == tr.train_dataset["ref_rejected_logps"]
+
+
+def test_online_refresh_resamples_from_the_policy(kit, tmp_path):
+    model, tok = kit
+    prompts = [format_prompt(q, tok) for q in QUESTIONS]
+    data = Dataset.from_dict({"prompt": prompts, "rejected": BAD})
+    tr = D2OTrainer(model, args=_cfg(tmp_path, num_anchors=2, max_steps=4, learning_rate=1e-3, online_refresh_steps=2),
+                    train_dataset=data, processing_class=tok)
+    assert tr.ref_model is not None  # a frozen copy of the initial model serves as π_ref after training starts
+    first = tr.train_dataset["anchor_ids"]
+    tr.train()
+    assert tr.anchor_refreshes == 1  # at step 2 (not after the last step)
+    assert tr.ref_logp_batches == 2 + 2  # initial anchors+negatives, then the new anchors only
+    assert sorted(tr._anchor_store) == list(range(6))
+    new = [tr._anchor_store[i][0] for i in range(6)]
+    assert new != first and all(len(a) == 2 and len(tr._anchor_store[i][1]) == 2 for i, a in enumerate(new))
