@@ -7,14 +7,11 @@ returns ``datasets.Dataset`` objects with the column names the matching trainer 
 
 from negalign.data.core import DataError, QAData, format_prompt, read_records
 from negalign.data.preference import NegativesData, PreferenceData
-from negalign.data.preference import NegativesData, PreferenceData
 from negalign.data.math import ArithmeticData, GSM8KData, MathData
 from negalign.data.tofu import TofuData
 
 LOADERS = {
     "qa": QAData,
-    "negatives": NegativesData,
-    "preference": PreferenceData,
     "negatives": NegativesData,
     "preference": PreferenceData,
     "gsm8k": GSM8KData,
