@@ -76,9 +76,22 @@ def token_logps(
     i.e. the response; the first position can never be scored). Returns ``[B, L]`` float32 with 0 outside the mask:
     ``out[b, t] = log π(input_ids[b, t] | input_ids[b, :t])``. Differentiable.
     """
+    return token_logps_and_hidden(model, input_ids, attention_mask, response_mask, chunk_size, temperature)[0]
+
+
+def token_logps_and_hidden(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    chunk_size: int = DEFAULT_CHUNK,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logps`` plus the decoder's final hidden states ``[B, L, H]`` (``None`` for architectures whose head
+    cannot be split off), so a caller can reuse the one forward, e.g. for ``chunked_token_kl(policy_hidden=...)``."""
     split = _split_head(model)
     if split is None:  # an architecture we cannot split: fall back to full logits, chunked over the batch rows
-        return naive_token_logps(model, input_ids, attention_mask, response_mask, temperature, rows_per_chunk=1)
+        return naive_token_logps(model, input_ids, attention_mask, response_mask, temperature, rows_per_chunk=1), None
     decoder, head, softcap = split
     hidden = _hidden_states(model, decoder, input_ids, attention_mask)  # [B, L, H]
     score = response_mask.bool().clone()
@@ -95,7 +108,7 @@ def token_logps(
             pieces.append(_head_logps(hc, tc, head, softcap, temperature))
     flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    return out.index_put((b_idx, t_idx), flat)
+    return out.index_put((b_idx, t_idx), flat), hidden
 
 
 def naive_token_logps(
