@@ -31,6 +31,7 @@ class SamplingConfig:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 16  # prompts per batch (each batch yields batch_size * n sequences)
+    min_new_tokens: int = 0  # no end-of-sequence before this many tokens (benchmarks use it to fix the length)
 
 
 class GenerationError(RuntimeError):
@@ -76,6 +77,7 @@ class HFEngine:
             out = self.model.generate(
                 **enc,
                 max_new_tokens=cfg.max_new_tokens,
+                min_new_tokens=cfg.min_new_tokens or None,
                 do_sample=do_sample,
                 temperature=cfg.temperature if do_sample else None,
                 top_p=cfg.top_p if do_sample else None,
@@ -104,7 +106,8 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         params = SamplingParams(
-            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=seed
+            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=seed,
+            min_tokens=cfg.min_new_tokens,
         )
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[c.text for c in o.outputs] for o in outs]
@@ -163,6 +166,7 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 16,
+    min_new_tokens: int = 0,
     backend: str = "auto",
     output_path: str | os.PathLike | None = None,
     tokenizer=None,
@@ -173,7 +177,7 @@ def generate(
 
     ``model``: a folder/Hub id or a loaded model (then pass ``tokenizer``); or pass a ready ``engine``.
     ``output_path``: a JSONL file to append finished batches to and resume from (see the module docstring)."""
-    cfg = SamplingConfig(n, max_new_tokens, temperature, top_p, seed, batch_size)
+    cfg = SamplingConfig(n, max_new_tokens, temperature, top_p, seed, batch_size, min_new_tokens)
     path = Path(output_path) if output_path is not None else None
     done = _read_done(path, cfg, prompts) if path else {}
     batches = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
