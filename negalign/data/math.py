@@ -1,0 +1,172 @@
+"""Verifiable math data for RLVR and pass@k: GSM8K, MATH (Hub or the verl parquet layout) and synthetic arithmetic.
+
+Every loader returns a ``datasets.Dataset`` with
+
+    ``prompt``      a chat message list ``[{"role": "user", "content": question + instruction}]`` (TRL applies the
+                    model's chat template)
+    ``answer``      the gold answer the verifier compares with (``negalign.rewards``)
+    ``completion``  a reference solution as an assistant message list (used by SFT; RL trainers ignore it)
+
+and names its verifier in ``task`` (``gsm8k``, ``math``, ``arith``) so a trainer picks the matching reward function.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from negalign.data.core import DataError, read_records, require_columns
+
+GSM8K_INSTRUCTION = "\nLet's think step by step and write the final answer after \"####\"."
+MATH_INSTRUCTION = "\nLet's think step by step and output the final answer within \\boxed{}."
+
+
+def _rows_to_dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    if not rows:
+        raise DataError("no rows left after filtering")
+    return Dataset.from_list(rows)
+
+
+def _example(question: str, answer: str, solution: str) -> dict:
+    return {
+        "prompt": [{"role": "user", "content": question}],
+        "completion": [{"role": "assistant", "content": solution}],
+        "answer": str(answer),
+    }
+
+
+@dataclass
+class GSM8KData:
+    """GSM8K (Cobbe et al. 2021): ``question`` and ``answer`` (reasoning, then ``#### <number>``)."""
+
+    task = "gsm8k"
+    path: str = field(default="openai/gsm8k", metadata={"help": "Hub id, or a folder/file (../shared/data/gsm8k)."})
+    split: str = field(default="train", metadata={"help": "Split name, or file stem inside a folder."})
+    config: str | None = field(default="main", metadata={"help": "Hub dataset config (ignored for local files)."})
+    instruction: str = field(default=GSM8K_INSTRUCTION, metadata={"help": "Text appended to each question."})
+    max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N problems."})
+
+    def rows(self) -> list[dict]:
+        rows = read_records(self.path, self.split, self.config)
+        require_columns(rows, ["question", "answer"], f"GSM8K data {self.path} (split {self.split})")
+        return rows[: self.max_samples] if self.max_samples else rows
+
+    def examples(self) -> list[dict]:
+        from negalign.rewards import gsm8k_gold
+
+        out = []
+        for r in self.rows():
+            if "####" not in r["answer"]:
+                raise DataError(f"GSM8K row without a '####' answer line in {self.path}: {r['answer'][:80]!r}")
+            out.append(_example(r["question"] + self.instruction, gsm8k_gold(r["answer"]), r["answer"]))
+        return out
+
+    def load(self, tokenizer=None):
+        return _rows_to_dataset(self.examples())
+
+    def texts(self) -> list[str]:
+        return [f"{r['question']} {r['answer']}" for r in self.rows()]
+
+
+@dataclass
+class MathData:
+    """MATH (Hendrycks et al. 2021). Reads the verl layout (``prompt`` chat list, ``reward_model.ground_truth.target``
+    and ``.solution``), e.g. ``../shared/data/math/math``, or a flat one with ``problem`` + ``solution`` (the answer is
+    the solution's last ``\\boxed{}``), e.g. the Hub's ``DigitalLearningGmbH/MATH-lighteval``."""
+
+    task = "math"
+    path: str = field(default="DigitalLearningGmbH/MATH-lighteval", metadata={"help": "Hub id, or a folder/file "
+                      "in the verl layout (../shared/data/math/math)."})
+    split: str = field(default="train", metadata={"help": "Split name, or file stem inside a folder."})
+    config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
+    instruction: str = field(default=MATH_INSTRUCTION, metadata={"help": "Text appended to each problem."})
+    levels: list[int] | None = field(default=None, metadata={"help": "Keep only these difficulty levels (1-5)."})
+    max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N problems."})
+
+    def examples(self) -> list[dict]:
+        from negalign.rewards import last_boxed
+
+        rows = read_records(self.path, self.split, self.config)
+        if not rows:
+            raise DataError(f"MATH data {self.path} (split {self.split}) is empty")
+        out = []
+        for r in rows:
+            if self.levels and "level" in r:
+                try:
+                    if int(str(r["level"]).split()[-1]) not in self.levels:
+                        continue
+                except ValueError:
+                    continue
+            if "reward_model" in r and "prompt" in r:  # verl layout
+                gt = r["reward_model"]["ground_truth"]
+                question = gt.get("question") or r["prompt"][-1]["content"]
+                answer = gt.get("target")
+                solution = gt.get("solution") or f"The answer is $\\boxed{{{answer}}}$."
+            elif "problem" in r and "solution" in r:  # flat layout
+                question, solution = r["problem"], r["solution"]
+                answer = r.get("answer") or last_boxed(solution)
+            else:
+                raise DataError(f"MATH data {self.path}: expected the verl layout (prompt, reward_model) or problem + "
+                                f"solution columns; it has {sorted(r)}")
+            if answer is None:
+                continue
+            out.append(_example(question + self.instruction, answer, solution))
+            if self.max_samples and len(out) >= self.max_samples:
+                break
+        return out
+
+    def load(self, tokenizer=None):
+        return _rows_to_dataset(self.examples())
+
+    def texts(self) -> list[str]:
+        return [e["prompt"][0]["content"] + " " + e["completion"][0]["content"] for e in self.examples()]
+
+
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@dataclass
+class ArithmeticData:
+    """Synthetic arithmetic for offline runs: ``a op b =`` with the integer result as the answer.
+
+    All problems with operands in ``[low, high]`` and operators in ``ops`` are enumerated and shuffled with a fixed
+    seed; the first ``test_size`` form the ``test`` split, the rest ``train``, so the splits never share a problem."""
+
+    task = "arith"
+    split: str = field(default="train", metadata={"help": "train or test (disjoint problems)."})
+    low: int = field(default=0, metadata={"help": "Smallest operand."})
+    high: int = field(default=30, metadata={"help": "Largest operand."})
+    ops: str = field(default="+-", metadata={"help": "Operators to use, from '+-*'."})
+    test_size: int = field(default=200, metadata={"help": "Problems held out for the test split."})
+    seed: int = field(default=0, metadata={"help": "Seed of the train/test split."})
+    max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N problems."})
+
+    def problems(self) -> list[tuple[str, int]]:
+        if self.split not in ("train", "test"):
+            raise DataError(f"arithmetic split must be 'train' or 'test', got {self.split!r}")
+        bad = set(self.ops) - set("+-*")
+        if bad or not self.ops:
+            raise DataError(f"arithmetic ops must be drawn from '+-*', got {self.ops!r}")
+        allp = [(f"{a}{op}{b}=", _OPS[op](a, b)) for a in range(self.low, self.high + 1)
+                for b in range(self.low, self.high + 1) for op in self.ops]
+        random.Random(self.seed).shuffle(allp)
+        if self.test_size >= len(allp):
+            raise DataError(f"test_size {self.test_size} leaves no training problems (there are {len(allp)})")
+        chosen = allp[: self.test_size] if self.split == "test" else allp[self.test_size :]
+        return chosen[: self.max_samples] if self.max_samples else chosen
+
+    def examples(self) -> list[dict]:
+        return [_example(q, str(a), str(a)) for q, a in self.problems()]
+
+    def load(self, tokenizer=None):
+        return _rows_to_dataset(self.examples())
+
+    def texts(self) -> list[str]:
+        """Texts to train a kit tokenizer on: every problem of both splits in the chat layout."""
+        out = []
+        for split in ("train", "test"):
+            d = ArithmeticData(split, self.low, self.high, self.ops, self.test_size, self.seed)
+            out += [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n" for q, a in d.problems()]
+        return out

@@ -1,0 +1,114 @@
+"""Verifiers: GSM8K / MATH / arithmetic verdicts on tricky formats, unparseable vs wrong, a clean timeout."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from negalign import rewards as R
+
+
+@pytest.fixture(scope="module")
+def mv():
+    v = R.MathVerifier(timeout=3.0)
+    yield v
+    v.close()
+
+
+@pytest.mark.parametrize(
+    "completion, gold",
+    [
+        ("so the answer is $\\boxed{ 0 }$.", "0"),  # spaces inside the box
+        ("\\boxed{0.0}", "0"),  # decimal form of an integer
+        ("\\boxed{0.5}", "\\frac{1}{2}"),  # decimal vs fraction
+        ("\\boxed{\\frac{1}{2}}", "0.5"),
+        ("\\boxed{\\dfrac{3}{4}}", "\\frac34"),  # \dfrac and brace-less \frac
+        ("\\boxed{5\\text{ cm}}", "5"),  # units
+        ("\\boxed{90^\\circ}", "90"),  # degrees
+        ("\\boxed{\\$18.90}", "18.90"),  # currency
+        ("\\boxed{1{,}000}", "1000"),  # thousands separator
+        ("\\boxed{10\\%}", "10"),
+        ("\\boxed{x^2+1}", "1+x^2"),  # symbolic equivalence (math-verify)
+        ("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt2}{2}"),
+        ("\\boxed{(1,2)}", "(1, 2)"),
+        ("first \\boxed{3} then fixed: \\boxed{4}", "4"),  # the last box counts
+        ("\\boxed{\\frac{a}{\\left(b\\right)}}", "\\frac{a}{b}"),  # nested braces, \left \right
+    ],
+)
+def test_math_equivalent_formats_are_correct(mv, completion, gold):
+    assert mv.verify(completion, gold).status == "correct"
+
+
+@pytest.mark.parametrize("completion, gold", [("\\boxed{7}", "8"), ("\\boxed{\\frac{1}{3}}", "0.33"),
+                                              ("\\boxed{x^2-1}", "x^2+1"), ("\\boxed{4} and earlier \\boxed{3}", "4")])
+def test_math_wrong_answers_are_wrong(mv, completion, gold):
+    assert mv.verify(completion, gold).status == "wrong"
+
+
+@pytest.mark.parametrize("completion", ["The answer is 5.", "\\boxed{}", "\\boxed{5", ""])
+def test_math_unparseable_is_not_wrong(mv, completion):
+    v = mv.verify(completion, "5")
+    assert v.status == "unparseable" and v.reward == 0.0
+
+
+def test_math_pathological_input_times_out_cleanly(mv):
+    """A tower of powers makes sympy compute a gigantic integer inside C code, where no signal can interrupt it: the
+    worker process is killed after the timeout, the verdict is 'timeout', and the next call works again."""
+    start = time.perf_counter()
+    v = mv.verify("\\boxed{9^{9^{9^{9}}}}", "1")
+    elapsed = time.perf_counter() - start
+    assert v.status == "timeout" and v.reward == 0.0
+    assert elapsed < mv.timeout + 10
+    assert mv.verify("\\boxed{2+2}", "4").status == "correct"  # a fresh worker took over
+    assert mv.timeouts >= 1
+
+
+@pytest.mark.parametrize(
+    "completion, gold, status",
+    [
+        ("He pays 3*4=12.\n#### 12", "#### 12", "correct"),
+        ("#### 1,000", "1000", "correct"),
+        ("#### $18.00", "18", "correct"),
+        ("#### 18 dollars", "18", "correct"),
+        ("so the total is \\boxed{42}", "42", "correct"),
+        ("The answer is: 7", "7", "correct"),
+        ("#### 17", "18", "wrong"),
+        ("#### -3", "3", "wrong"),
+        ("she has 42 apples", "42", "unparseable"),  # a bare number is not an answer
+        ("#### many", "42", "unparseable"),
+    ],
+)
+def test_gsm8k_verdicts(completion, gold, status):
+    assert R.verify_gsm8k(completion, gold).status == status
+
+
+def test_arith_verdicts_and_chat_completions():
+    assert R.verify_arith("12", "12").status == "correct"
+    assert R.verify_arith(" 12 and more", 12).status == "correct"
+    assert R.verify_arith("-3", "-3").status == "correct"
+    assert R.verify_arith("13", "12").status == "wrong"
+    assert R.verify_arith("twelve", "12").status == "unparseable"
+    chat = [{"role": "assistant", "content": "12"}]
+    assert R.verify_arith(chat, "12").status == "correct"
+
+
+def test_reward_functions_have_trl_signature_and_log_metrics():
+    logged = {}
+    out = R.arith_reward(["3", "4", "x"], answer=["3", "3", "3"], log_metric=lambda k, v: logged.setdefault(k, v),
+                         prompts=["1+2=", "1+2=", "1+2="], trainer_state=None)
+    assert out == [1.0, 0.0, 0.0]
+    assert logged["verifier/unparseable"] == pytest.approx(1 / 3)
+    assert R.gsm8k_reward(["#### 5"], answer=["5"]) == [1.0]
+    assert R.reward_function("math") is R.math_reward
+    with pytest.raises(ValueError):
+        R.reward_function("nope")
+
+
+def test_last_boxed_and_parse_number():
+    assert R.last_boxed("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
+    assert R.last_boxed("\\fbox{3}") == "3"
+    assert R.last_boxed("\\boxed 5.") == "5"
+    assert R.last_boxed("no box") is None
+    assert str(R.parse_number("$1,234.50")) == "1234.50"
+    assert R.parse_number("none") is None
