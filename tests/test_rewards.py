@@ -112,3 +112,27 @@ def test_last_boxed_and_parse_number():
     assert R.last_boxed("no box") is None
     assert str(R.parse_number("$1,234.50")) == "1234.50"
     assert R.parse_number("none") is None
+
+
+def test_reformatted_gold_variants():
+    from negalign.evaluation.verifier import gsm8k_variants, math_variants
+
+    v = math_variants("\\frac{1}{2}")
+    assert v["fraction_as_decimal"] == "\\boxed{0.5}" and v["dfrac"] == "\\boxed{\\dfrac{1}{2}}"
+    assert "fraction_as_decimal" not in math_variants("\\frac{1}{3}")  # 0.333… does not terminate
+    v = math_variants("1200")
+    assert v["trailing_zero"] == "\\boxed{1200.0}" and v["thousands_sep"] == "\\boxed{1{,}200}"
+    assert math_variants("0.25")["decimal_as_fraction"] == "\\boxed{\\frac{1}{4}}"
+    assert gsm8k_variants("1500")["thousands_sep"] == "#### 1,500"
+
+
+def test_verifier_audit_on_gold_solutions(shared_data):
+    """A slice of the real test sets: every gold solution and re-formatted gold answer is judged correct."""
+    from negalign.evaluation.verifier import audit_gsm8k, audit_math
+
+    g = audit_gsm8k(str(shared_data / "gsm8k"), "test", 30, progress=False)
+    m = audit_math(str(shared_data / "math" / "math"), "test", 30, timeout=5.0, progress=False)
+    for audit in (g, m):
+        assert audit["by_kind"]["gold_solution"]["total"] == 30
+        for kind, c in audit["by_kind"].items():
+            assert c["false_negative_rate"] == 0.0, (kind, c["examples"])
