@@ -321,3 +321,35 @@ def first_pit(values: torch.Tensor) -> torch.Tensor:
     ``values``: ``[..., m+1]`` including ``Q_0``. Returns ``[...]`` long, i.e. ``argmin(values[..., 1:])``.
     """
     return torch.argmin(values[..., 1:], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6b. Per-step advantage weighting (Setlur et al. 2024): the `perstep_awr` objective
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def step_weights(token_advantages: torch.Tensor, weighting: str = "linear", beta: float = 1.0,
+                 max_weight: float = 20.0) -> torch.Tensor:
+    """Per-token weights from per-token step advantages (each token carries its step's ``A_i``).
+
+    ``linear``: ``w = A`` (SPEC §6: the loss is ``-Σ_i A_i · log π_θ(step_i | x, steps_<i)``, negative steps pushed down);
+    ``exp``: ``w = min(exp(A/β), max_weight)`` (advantage-weighted regression, every weight positive).
+    ``token_advantages``: ``[B, T]``. Returns ``[B, T]``, detached."""
+    a = token_advantages.detach()
+    if weighting == "linear":
+        return a
+    if weighting == "exp":
+        return torch.clamp(torch.exp(a / beta), max=max_weight)
+    raise ValueError(f"unknown step weighting {weighting!r}; expected 'linear' or 'exp'")
+
+
+def step_weighted_nll(logps: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Advantage-weighted log-likelihood per token: ``L_t = -w_t · log π_θ(y_t | x, y_<t)``, 0 outside ``mask``.
+
+    ``logps``, ``weights``, ``mask``: ``[B, T]`` (``weights`` from ``step_weights``, treated as constants).
+    Summed over the tokens of step ``i`` this is ``-A_i · log π_θ(step_i | x, steps_<i)``. Its gradient with respect
+    to ``logps[b, t]`` is ``-w[b, t]`` on the mask. Returns ``[B, T]``; reduce outside."""
+    return -(weights.detach() * logps) * mask.to(logps.dtype)
+
+
+__all__ += ["step_weights", "step_weighted_nll"]

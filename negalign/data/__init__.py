@@ -9,6 +9,7 @@ from negalign.data.core import DataError, QAData, format_prompt, read_records
 from negalign.data.preference import NegativesData, PreferenceData
 from negalign.data.math import ArithmeticData, GSM8KData, MathData
 from negalign.data.tofu import TofuData
+from negalign.data.steps import StepArithData
 
 LOADERS = {
     "qa": QAData,
@@ -18,6 +19,7 @@ LOADERS = {
     "math": MathData,
     "arith": ArithmeticData,
     "tofu": TofuData,
+    "steparith": StepArithData,
 }
 
 __all__ = ["LOADERS", "DataError", "QAData", "format_prompt", "read_records"]
