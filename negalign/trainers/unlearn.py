@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from trl.trainer.base_config import _BaseConfig
 from trl.trainer.base_trainer import _BaseTrainer
@@ -465,26 +464,7 @@ class UnlearnTrainer(_BaseTrainer):
     # ------------------------------------------------------------------ the forward
     def policy_pass(self, model, ids, am, cm):
         """One policy forward over all rows → (per-token log-probs ``[N, L]``, final hidden states or ``None``)."""
-        split = lp._split_head(model)
-        if split is None:
-            return lp.naive_token_logps(model, ids, am, cm), None
-        decoder, head, softcap = split
-        hidden = lp._hidden_states(model, decoder, ids, am)  # [N, L, H]
-        score = cm.bool().clone()
-        score[:, 0] = False
-        b_idx, t_idx = score.nonzero(as_tuple=True)
-        h, targets = hidden[b_idx, t_idx - 1], ids[b_idx, t_idx]
-        pieces = []
-        chunk = self.args.logprob_chunk_size
-        for s in range(0, h.shape[0], chunk):
-            args = (h[s : s + chunk], targets[s : s + chunk], head, softcap, 1.0)
-            if torch.is_grad_enabled() and args[0].requires_grad:
-                pieces.append(checkpoint(lp._head_logps, *args, use_reentrant=False))
-            else:
-                pieces.append(lp._head_logps(*args))
-        flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-        out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device).index_put((b_idx, t_idx), flat)
-        return out, hidden
+        return lp.token_logps_and_hidden(model, ids, am, cm, chunk_size=self.args.logprob_chunk_size)
 
     def retain_kl(self, model, ids, am, cm, hidden) -> torch.Tensor:
         """Mean token-level KL(π_ref ‖ π_θ) over the retain answer tokens, reusing the policy's hidden states."""
