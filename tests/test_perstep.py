@@ -202,7 +202,9 @@ def test_each_method_trains_and_changes_weights(arith_kit, tmp_path, method, key
     assert stats["prompts"] == 6 and stats["samples"] == 12
     cache = out / "perstep_cache"
     assert list(cache.glob("samples-*.jsonl"))
-    if method.startswith("perstep"):
+    if keys.get("pair_mode") == "full":  # whole-pair DPO needs no step values
+        assert not (cache / "values-incorrect").exists()
+    if method == "perstep_awr" or keys.get("pair_mode", "first_pit") == "first_pit" and method == "perstep_dpo":
         which = "all" if method == "perstep_awr" else "incorrect"
         values = [json.loads(l) for l in (cache / f"values-{which}" / "values.jsonl").read_text().splitlines()]
         assert values and all(len(v["values"]) == len(v["steps"]) + 1 for v in values)

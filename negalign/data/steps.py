@@ -2,7 +2,7 @@
 
 A problem is a chain of ``num_steps`` additions/subtractions on a running value kept inside ``[0, max_value]``::
 
-    question:  "Start at 7, add 5, subtract 3, add 8."
+    question:  "Compute 7+5-3+8 step by step."
     solution:  "7+5=12\\n12-3=9\\n9+8=17\\n#### 17"
 
 One line per step, then the final answer after ``####`` (the GSM8K convention), so ``negalign.rewards.verify_gsm8k``
@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 
 from negalign.data.core import DataError
 
-_WORDS = {"+": "add", "-": "subtract"}
-
-
 def make_problem(rng: random.Random, num_steps: int, max_value: int, max_operand: int) -> tuple[str, str, int]:
     """One chain problem: (question, step-by-step solution ending in ``#### answer``, answer)."""
     value = rng.randint(0, max_value)
@@ -35,10 +32,10 @@ def make_problem(rng: random.Random, num_steps: int, max_value: int, max_operand
         room = (max_value - value) if op == "+" else value
         b = rng.randint(1, min(max_operand, room))
         new = value + b if op == "+" else value - b
-        parts.append(f"{_WORDS[op]} {b}")
+        parts.append(f"{op}{b}")
         lines.append(f"{value}{op}{b}={new}")
         value = new
-    question = f"Start at {start}, " + ", ".join(parts) + "."
+    question = f"Compute {start}" + "".join(parts) + " step by step."
     return question, "\n".join(lines) + f"\n#### {value}", value
 
 

@@ -161,7 +161,9 @@ def sample_solutions(examples, tokenizer, engine, config, cache_dir: Path, verif
     from negalign.generation import generate
 
     prompts = [chat_prompt(e["prompt"], tokenizer) for e in examples]
-    path = cache_dir / f"samples-{_digest(prompts)}.jsonl"
+    sampling = [config.samples_per_prompt, config.max_new_tokens, config.sample_temperature, config.generation_seed,
+                config.generation_batch_size]
+    path = cache_dir / f"samples-{_digest([prompts, sampling])}.jsonl"
     rows = generate(None, prompts, n=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
                     temperature=config.sample_temperature, seed=config.generation_seed,
                     batch_size=config.generation_batch_size, output_path=path, engine=engine)
@@ -339,7 +341,7 @@ def prepare(recipe, config, loader, tokenizer, model_path):
     stats = {"prompts": len(examples), "samples": len(samples),
              "sample_accuracy": sum(s["correct"] for s in samples) / max(len(samples), 1)}
     valued = None
-    if method in ("perstep_dpo", "perstep_awr"):
+    if method == "perstep_awr" or (method == "perstep_dpo" and config.pair_mode == "first_pit"):
         which = config.value_responses
         if which == "auto":
             which = "all" if method == "perstep_awr" else "incorrect"
