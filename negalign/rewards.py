@@ -162,6 +162,11 @@ def normalize_math_answer(ans: str) -> str:
     s = s.replace("{,}", ",") if re.fullmatch(r"[\d{},]+", s.replace(" ", "")) else s
     s = re.sub(r"\s+", "", s)
     s = s.rstrip(".")
+    if "\\" not in s:  # plain text left: bare braces carry nothing ("{June20}", "440{cm}^2" in verl's MATH targets)
+        s = s.replace("{", "").replace("}", "")
+        m = re.fullmatch(r"(-?[\d.,]+)(?:" + _UNIT_WORDS + r")+(?:\^\d)?", s)
+        if m:
+            s = m.group(1)
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
         s = s.replace(",", "")
     if re.fullmatch(r"-?\d+\.\d*", s) or re.fullmatch(r"-?\d+", s):

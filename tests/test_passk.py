@@ -9,7 +9,7 @@ import pytest
 
 from negalign.evaluation import pass_at_k
 from negalign.evaluation.passk import format_table, k_values, pass_at_k_curve, plot_curves
-from tests.test_nsr import arith_kit  # noqa: F401  (fixture)
+from tests.test_nsr import arith_kit, one_thread  # noqa: F401  (fixtures)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_eval_passk_command(arith_kit, tmp_path):
     out = tmp_path / "passk"
     proc = subprocess.run([sys.executable, "-m", "negalign", "eval", "passk", "--model", f"a={arith_kit}", "--model", f"b={arith_kit}", "--data", "arith",
                "--max-samples", "5", "--n", "4", "--max-new-tokens", "3", "--backend", "hf", "--output-dir", str(out)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| a |" in proc.stdout
     res = json.loads((out / "results.json").read_text())

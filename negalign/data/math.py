@@ -110,7 +110,7 @@ class MathData:
             else:
                 raise DataError(f"MATH data {self.path}: expected the verl layout (prompt, reward_model) or problem + "
                                 f"solution columns; it has {sorted(r)}")
-            if answer is None:
+            if answer is None or not str(answer).strip():  # a few verl targets are empty: nothing to verify
                 continue
             out.append(_example(question + self.instruction, answer, solution))
             if self.max_samples and len(out) >= self.max_samples:
@@ -142,10 +142,14 @@ class ArithmeticData:
     test_size: int = field(default=200, metadata={"help": "Problems held out for the test split."})
     seed: int = field(default=0, metadata={"help": "Seed of the train/test split."})
     max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N problems."})
+    copies: int = field(default=1, metadata={"help": "SFT examples per problem (with label_noise, a distribution)."})
+    label_noise: float = field(default=0.0, metadata={"help": "Mean share of SFT completions replaced by a near miss "
+                               "(±1, ±2, ±10); each problem draws its own share in [0, 2·label_noise]. The `answer` "
+                               "column (what verifiers check) always stays exact."})
 
     def problems(self) -> list[tuple[str, int]]:
-        if self.split not in ("train", "test"):
-            raise DataError(f"arithmetic split must be 'train' or 'test', got {self.split!r}")
+        if self.split not in ("train", "test", "all"):
+            raise DataError(f"arithmetic split must be 'train', 'test' or 'all', got {self.split!r}")
         bad = set(self.ops) - set("+-*")
         if bad or not self.ops:
             raise DataError(f"arithmetic ops must be drawn from '+-*', got {self.ops!r}")
@@ -154,11 +158,20 @@ class ArithmeticData:
         random.Random(self.seed).shuffle(allp)
         if self.test_size >= len(allp):
             raise DataError(f"test_size {self.test_size} leaves no training problems (there are {len(allp)})")
-        chosen = allp[: self.test_size] if self.split == "test" else allp[self.test_size :]
+        chosen = {"test": allp[: self.test_size], "train": allp[self.test_size :], "all": allp}[self.split]
         return chosen[: self.max_samples] if self.max_samples else chosen
 
     def examples(self) -> list[dict]:
-        return [_example(q, str(a), str(a)) for q, a in self.problems()]
+        if self.copies == 1 and not self.label_noise:
+            return [_example(q, str(a), str(a)) for q, a in self.problems()]
+        rng = random.Random(self.seed + 1)
+        out = []
+        for q, a in self.problems():
+            share = min(rng.random() * 2 * self.label_noise, 0.95)
+            for _ in range(self.copies):
+                shown = a + rng.choice((-10, -2, -1, 1, 2, 10)) if rng.random() < share else a
+                out.append(_example(q, str(a), str(shown)))
+        return out
 
     def load(self, tokenizer=None):
         return _rows_to_dataset(self.examples())
@@ -168,5 +181,6 @@ class ArithmeticData:
         out = []
         for split in ("train", "test"):
             d = ArithmeticData(split, self.low, self.high, self.ops, self.test_size, self.seed)
+            d.label_noise = 0.0
             out += [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n" for q, a in d.problems()]
         return out

@@ -126,7 +126,8 @@ def audit_math(path: str, split: str, max_samples: int | None, timeout: float, p
             else:
                 solution = r.get("solution")
                 target = r.get("answer") or (last_boxed(solution) if solution else None)
-            if target is None:
+            if target is None or not str(target).strip():
+                tally.add("empty_target_skipped", "unparseable", {"solution": (solution or "")[-80:]})
                 continue
             if solution:
                 v = verifier.verify(solution, target)
