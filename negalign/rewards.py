@@ -161,6 +161,7 @@ def normalize_math_answer(ans: str) -> str:
     s = s.replace("\\%", "").replace("%", "").replace("\\$", "").replace("$", "")
     s = s.replace("{,}", ",") if re.fullmatch(r"[\d{},]+", s.replace(" ", "")) else s
     s = re.sub(r"\s+", "", s)
+    s = s.replace("\\\\", "\\")  # matrix row breaks: verl's MATH targets store "\\" as "\"
     s = s.rstrip(".")
     if "\\" not in s:  # plain text left: bare braces carry nothing ("{June20}", "440{cm}^2" in verl's MATH targets)
         s = s.replace("{", "").replace("}", "")

@@ -34,6 +34,10 @@ def mv():
         ("\\boxed{(1,2)}", "(1, 2)"),
         ("first \\boxed{3} then fixed: \\boxed{4}", "4"),  # the last box counts
         ("\\boxed{\\frac{a}{\\left(b\\right)}}", "\\frac{a}{b}"),  # nested braces, \left \right
+        # gold targets as the verl MATH parquet stores them (braces kept, \text dropped, matrix rows with one "\")
+        ("\\boxed{\\text{June 20}}", "{June20}"),
+        ("\\boxed{440\\text{ cm}^2}", "440{cm}^2"),
+        ("\\boxed{\\begin{pmatrix} 6 \\\\ 3 \\end{pmatrix}}", "\\begin{pmatrix}6\\3\\end{pmatrix}"),
     ],
 )
 def test_math_equivalent_formats_are_correct(mv, completion, gold):
