@@ -45,16 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="Folder for models, evaluations, results.json and the plot.")
     parser.add_argument("--data", default=default_data(), help="TOFU folder (default ../shared/data/tofu).")
     parser.add_argument("--synthetic", action="store_true", help="Use negalign's generated fictitious authors.")
-    parser.add_argument("--size", default="small", help="Kit model size (negalign.models.SIZES).")
+    parser.add_argument("--size", default="tiny", help="Kit model size (negalign.models.SIZES).")
     parser.add_argument("--retain-authors", type=int, default=2, help="Retain authors (20 QA each) in the miniature.")
-    parser.add_argument("--knowledge-items", type=int, default=40,
+    parser.add_argument("--knowledge-items", type=int, default=20,
                         help="real_authors and world_facts QA (each) in the fine-tuning data and the evaluation.")
-    parser.add_argument("--sft-epochs", type=int, default=15, help="Fine-tuning epochs of the fine-tuned/retain models.")
-    parser.add_argument("--sft-lr", type=float, default=3e-3)
-    parser.add_argument("--unlearn-steps", type=int, default=30, help="Optimizer steps of every unlearning method.")
-    parser.add_argument("--unlearn-lr", type=float, default=2e-4)
+    parser.add_argument("--sft-epochs", type=int, default=30, help="Fine-tuning epochs of the fine-tuned/retain models.")
+    parser.add_argument("--sft-lr", type=float, default=1e-2)
+    parser.add_argument("--sft-batch-size", type=int, default=8)
+    parser.add_argument("--unlearn-steps", type=int, default=20, help="Optimizer steps of every unlearning method.")
+    parser.add_argument("--unlearn-lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8, help="Forget examples per unlearning step.")
-    parser.add_argument("--eval-every", type=int, default=15, help="TOFU evaluation every N unlearning steps.")
+    parser.add_argument("--eval-every", type=int, default=10, help="TOFU evaluation every N unlearning steps.")
     parser.add_argument("--eval-items", type=int, default=40, help="Items per TOFU split in evaluations.")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ",".join(METHODS))
@@ -174,7 +175,7 @@ def _sft(out_dir: Path, model: dict, data_dir: Path, split: str, args) -> None:
         "data": {"name": "qa", "path": str(data_dir), "split": split},
         "method": {"name": "sft"},
         "training": {"learning_rate": args.sft_lr, "num_train_epochs": args.sft_epochs,
-                     "per_device_train_batch_size": 16, "max_length": 160, "logging_steps": 50,
+                     "per_device_train_batch_size": args.sft_batch_size, "max_length": 160, "logging_steps": 50,
                      "save_strategy": "no", "seed": args.seed, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
                      "disable_tqdm": True},
         "output": {"dir": str(out_dir)},
@@ -254,13 +255,21 @@ def _fmt(v) -> str:
 
 def main(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from negalign.results import write_results
-
     import torch
 
     threads = args.threads or (1 if (os.cpu_count() or 1) <= 4 else None)
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _main(args) -> int:
+    from negalign.results import write_results
+
     t0 = time.time()
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
