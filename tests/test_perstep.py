@@ -246,3 +246,27 @@ def test_recipe_dry_runs_without_downloads(capsys, monkeypatch):
     assert "PerStepConfig" in capsys.readouterr().out
     with pytest.raises(ValueError, match="pair_mode"):
         main(["train", "recipes/perstep_gsm8k.yaml", "method.pair_mode=whole", "--dry-run"])
+
+
+def test_gsm8k_recipe_runs_end_to_end_on_a_kit_model(shared_data, tmp_path, monkeypatch):
+    """The GSM8K recipe itself (real data from ../shared/data), with a kit model standing in for Qwen2.5-Math."""
+    from negalign.config import load_recipe
+    from negalign.data import GSM8KData
+    from negalign.models import build_kit_model
+    from negalign.train import run
+    from tests.conftest import ROOT
+
+    texts = GSM8KData(path=str(shared_data / "gsm8k"), max_samples=200).texts()
+    kit_dir = build_kit_model(tmp_path / "kit", texts, size="tiny", vocab_size=400)
+    out = tmp_path / "out"
+    recipe = load_recipe(ROOT / "recipes/perstep_gsm8k.yaml", [
+        f"model.name_or_path={kit_dir}", "model.dtype=float32", f"data.path={shared_data / 'gsm8k'}",
+        "data.max_samples=3", "samples_per_prompt=2", "num_continuations=2", "max_new_tokens=12",
+        "generation_backend=hf", f"cache_dir={tmp_path / 'cache'}", f"output_dir={out}", "max_steps=1",
+        "per_device_train_batch_size=2", "gradient_accumulation_steps=1", "gradient_checkpointing=false",
+        "max_length=512"])
+    metrics = run(recipe)
+    assert metrics["perstep"]["prompts"] == 3 and metrics["perstep"]["pairs"] >= 1
+    values = [json.loads(l) for l in (tmp_path / "cache" / "values-incorrect" / "values.jsonl").read_text().splitlines()]
+    assert values and all(v["answer"] and len(v["values"]) == len(v["steps"]) + 1 for v in values)
+    assert (out / "results.json").exists()

@@ -38,7 +38,8 @@ def test_quickstart_smoke(monkeypatch, tmp_path):
     out = tmp_path / "qs"
     t = time.time()
     rc = _run(monkeypatch, ["quickstart", "perstep-arith", "--output-dir", str(out), "--amounts", "8,16",
-                            "--sft-multipliers", "4", "--num-steps", "2", "--test-size", "8", "--sft-epochs", "2",
+                            "--sft-multipliers", "4", "--num-steps", "2", "--test-size", "8", "--sft-steps", "6",
+                            "--kit-size", "tiny",
                             "--samples-per-prompt", "2", "--num-continuations", "2", "--rl-epochs", "1",
                             "--batch-size", "8"])
     assert rc == 0

@@ -29,7 +29,7 @@ METHODS = ("sft", "rft", "dpo_full", "perstep_dpo", "perstep_awr")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="Where models, caches, results.json and the plot go.")
     parser.add_argument("--amounts", default="64,128", help="Positive-data amounts (problems) every method is run at.")
-    parser.add_argument("--sft-multipliers", default="2,4", help="SFT alone also at these multiples of the smallest amount.")
+    parser.add_argument("--sft-multipliers", default="2,4,8", help="SFT alone also at these multiples of the smallest amount.")
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ", ".join(METHODS))
     parser.add_argument("--num-steps", type=int, default=4, help="Operations per arithmetic problem.")
     parser.add_argument("--max-value", type=int, default=12, help="Running values stay within [0, max-value].")
@@ -37,11 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-size", type=int, default=200, help="Held-out test problems (greedy accuracy).")
     parser.add_argument("--kit-size", default="small", help="Kit model size (negalign.models.SIZES).")
     parser.add_argument("--sft-epochs", type=float, default=30.0, help="Epochs of every SFT run over its positives.")
+    parser.add_argument("--sft-steps", type=int, default=250, help="If > 0: every SFT run takes this many optimizer "
+                        "steps whatever its data amount (instead of --sft-epochs).")
     parser.add_argument("--sft-lr", type=float, default=2e-3)
     parser.add_argument("--samples-per-prompt", type=int, default=4, help="π_sft samples per training problem.")
     parser.add_argument("--num-continuations", type=int, default=5, help="M: continuations per step prefix.")
-    parser.add_argument("--rl-epochs", type=float, default=2.0, help="Epochs of rft / dpo / awr over their data.")
-    parser.add_argument("--rl-lr", type=float, default=2e-4, help="Learning rate of rft / dpo / awr.")
+    parser.add_argument("--rl-epochs", type=float, default=4.0, help="Epochs of rft / dpo / awr over their data.")
+    parser.add_argument("--rl-lr", type=float, default=3e-4, help="Learning rate of rft / dpo / awr.")
     parser.add_argument("--dpo-beta", type=float, default=0.1)
     parser.add_argument("--awr-positive-weight", type=float, default=1.0, help="perstep_awr: weight of the NLL term on "
                         "the N positives (the other methods see them too: as SFT data, as DPO's chosen side).")
@@ -117,7 +119,7 @@ def main(args) -> int:
         if not _done(d):
             t = time.time()
             run(_recipe(kit, "sft", {"num_problems": n, **base}, {
-                "num_train_epochs": args.sft_epochs, "learning_rate": args.sft_lr, "per_device_train_batch_size": args.batch_size,
+                **({"max_steps": args.sft_steps} if args.sft_steps > 0 else {"num_train_epochs": args.sft_epochs}), "learning_rate": args.sft_lr, "per_device_train_batch_size": args.batch_size,
                 "lr_scheduler_type": "cosine", "warmup_steps": 20, "seed": args.seed, "max_length": 128}, d))
             timings[f"sft_n{n}"] = round(time.time() - t, 1)
         return str(d)
