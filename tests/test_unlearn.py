@@ -215,3 +215,28 @@ def test_trainer_rejects_bad_datasets_before_training(kit, tmp_path):
         UnlearnTrainer(model, config(tmp_path, "npo_rt"), forget, retain.select([]), processing_class=tok)
     with pytest.raises(ValueError, match="forget_loss"):
         config(tmp_path, forget_loss="dpo")
+
+
+class _HeadHidingWrapper(torch.nn.Module):
+    """Stands in for DDP: exposes only forward(), so the trainer must go through it (and get full logits)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.module = inner
+
+    def forward(self, **kw):
+        return self.module(**kw)
+
+
+def test_wrapped_model_path_matches_the_split_head_path(kit, tmp_path):
+    model, tok = kit
+    forget, retain = datasets(tok)
+    trainer = UnlearnTrainer(model, config(tmp_path, "npo_kl", beta=0.5), forget, retain, processing_class=tok)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    batch = trainer.collate([trainer.train_dataset[i] for i in range(3)])
+    direct = trainer.compute_terms(model, batch)
+    wrapped = trainer.compute_terms(_HeadHidingWrapper(model), batch)
+    for key in ("loss", "forget_loss", "retain_loss"):
+        torch.testing.assert_close(wrapped[key], direct[key], atol=1e-5, rtol=1e-5)

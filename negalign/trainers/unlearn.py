@@ -463,11 +463,23 @@ class UnlearnTrainer(_BaseTrainer):
 
     # ------------------------------------------------------------------ the forward
     def policy_pass(self, model, ids, am, cm):
-        """One policy forward over all rows → (per-token log-probs ``[N, L]``, final hidden states or ``None``)."""
-        return lp.token_logps_and_hidden(model, ids, am, cm, chunk_size=self.args.logprob_chunk_size)
+        """One policy forward over all rows → (per-token log-probs ``[N, L]``, final hidden states, full logits).
 
-    def retain_kl(self, model, ids, am, cm, hidden) -> torch.Tensor:
-        """Mean token-level KL(π_ref ‖ π_θ) over the retain answer tokens, reusing the policy's hidden states."""
+        Models whose LM head can be split off (the normal case) give hidden states and no logits (chunked head). A
+        wrapper that hides the head (DDP) is called as a whole, so gradient synchronisation runs: one forward giving
+        full logits, from which both the log-probs and (for ``kl``) the KL are taken."""
+        if lp._split_head(model) is None:
+            logits = model(input_ids=ids, attention_mask=am, use_cache=False).logits  # [N, L, V]
+            out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+            out[:, 1:] = lp.selective_log_softmax(logits[:, :-1], ids[:, 1:])
+            mask = cm.clone().float()
+            mask[:, 0] = 0
+            return out * mask, None, logits
+        token_lp, hidden = lp.token_logps_and_hidden(model, ids, am, cm, chunk_size=self.args.logprob_chunk_size)
+        return token_lp, hidden, None
+
+    def retain_kl(self, model, ids, am, cm, hidden=None, logits=None) -> torch.Tensor:
+        """Mean token-level KL(π_ref ‖ π_θ) over the retain answer tokens, reusing the policy's forward."""
         if self.ref_model is not None:
             ref = self.ref_model
         else:
@@ -475,14 +487,19 @@ class UnlearnTrainer(_BaseTrainer):
             if not is_peft(unwrapped):
                 raise RuntimeError("retain_loss=kl without a reference model")
             ref = AdapterDisabledReference(unwrapped)
-        if hidden is None:  # architecture without a separable head: full logits (one policy forward, one ref forward)
-            logits = model(input_ids=ids, attention_mask=am, use_cache=False).logits.float()
-            with torch.no_grad():
-                ref_logits = ref(input_ids=ids, attention_mask=am, use_cache=False).logits.float()
+        if hidden is None:  # full logits from the single policy forward; the reference gives full logits too
+            if isinstance(ref, AdapterDisabledReference):
+                ref_model = self.accelerator.unwrap_model(model)
+                ctx = ref_model.disable_adapter()
+            else:
+                ref_model, ctx = ref, contextlib.nullcontext()
+            with torch.no_grad(), ctx:
+                ref_logits = ref_model(input_ids=ids, attention_mask=am, use_cache=False).logits
             mask = cm.bool().clone()
             mask[:, 0] = False
             pos = mask[:, 1:]
-            kl = kl_loss(torch.log_softmax(ref_logits[:, :-1][pos], -1), torch.log_softmax(logits[:, :-1][pos], -1))
+            kl = kl_loss(torch.log_softmax(ref_logits[:, :-1][pos].float(), -1),
+                         torch.log_softmax(logits[:, :-1][pos].float(), -1))
         else:
             kl = lp.chunked_token_kl(model, ref, ids, am, cm, chunk_size=self.args.logprob_chunk_size,
                                      policy_hidden=hidden)
@@ -494,7 +511,7 @@ class UnlearnTrainer(_BaseTrainer):
         batch = self.build_batch(inputs)
         n = batch["n_forget"]
         ids, am, cm = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-        token_lp, hidden = self.policy_pass(model, ids, am, cm)
+        token_lp, hidden, logits = self.policy_pass(model, ids, am, cm)
         f_tok, f_mask = token_lp[:n], cm[:n].clone()
         f_mask[:, 0] = 0
         f_seq = lp.sequence_logps(f_tok, f_mask)  # [B]
@@ -516,7 +533,8 @@ class UnlearnTrainer(_BaseTrainer):
             terms["retain_loss"] = nll_loss(token_lp[n:], r_mask).mean()
         elif args.retain_loss == "kl":
             terms["retain_loss"] = self.retain_kl(
-                model, ids[n:], am[n:], cm[n:], hidden[n:] if hidden is not None else None
+                model, ids[n:], am[n:], cm[n:], hidden[n:] if hidden is not None else None,
+                logits[n:] if logits is not None else None,
             )
         loss = args.gamma * terms["forget_loss"]
         if "retain_loss" in terms:
