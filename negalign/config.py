@@ -17,6 +17,7 @@ against the method's config before anything heavy happens; an unknown one is an 
 from __future__ import annotations
 
 import copy
+import os
 import dataclasses
 import difflib
 import importlib
@@ -144,7 +145,10 @@ class Recipe:
         kwargs.setdefault("report_to", "none")
         if not accelerator_available():
             kwargs.setdefault("use_cpu", True)
-            kwargs.setdefault("bf16", False)
+            # TRL defaults bf16 to True; on a CPU keep float32 unless the launcher asked for bf16
+            # (`accelerate launch` with mixed_precision: bf16 sets ACCELERATE_MIXED_PRECISION, and DeepSpeed
+            # refuses a config whose bf16 disagrees with the trainer's).
+            kwargs.setdefault("bf16", os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16")
         return mod.CONFIG_CLASS(**kwargs)
 
 

@@ -68,7 +68,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2048, min_frequency
 
 def build_model(tokenizer, arch: str = "qwen2", size: str = "tiny", seed: int = 0, **overrides):
     """A randomly initialised causal LM of ``arch`` sized by ``size`` (``SIZES``) for ``tokenizer``."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     if arch not in ARCHS:
         raise ValueError(f"unknown kit architecture {arch!r}; expected one of {ARCHS}")
@@ -85,9 +85,11 @@ def build_model(tokenizer, arch: str = "qwen2", size: str = "tiny", seed: int = 
         rope_theta=10000.0,
         **dims,
     )
-    config = Qwen2Config(**common) if arch == "qwen2" else LlamaConfig(**common)
+    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    # The constructor, not AutoModel.from_config: under `accelerate launch` with ZeRO-3, from_config would enter
+    # deepspeed.zero.Init, a collective, while only the main process builds the kit (the others wait): a deadlock.
+    model = model_cls(config_cls(**common))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
