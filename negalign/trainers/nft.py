@@ -99,6 +99,9 @@ class NFTTrainer(RLVRMixin, GRPOTrainer):
                 f"NFT's group filtering needs whole groups on every process: per_device_train_batch_size × "
                 f"steps_per_generation ({local}) must be a multiple of num_generations ({self.num_generations})"
             )
+        if self.args.dynamic_filtering and not hasattr(self.train_dataset, "__getitem__"):
+            raise ValueError("NFT's refilling dynamic filter draws extra prompts by index: use a map-style "
+                             "datasets.Dataset, or set dynamic_filtering=False for a streaming dataset")
         self._refill_generator = torch.Generator().manual_seed(self.args.seed + 7919 * self.accelerator.process_index)
 
     # --- scoring ---------------------------------------------------------------------------------------------------
