@@ -58,4 +58,6 @@ def test_vllm_engine_seeded_resumable(kit_path, tmp_path):
     assert out["resumed"] == out["full"]
     assert [r["id"] for r in out["file"]] == list(range(5))
     assert len({c for r in out["full"] for c in r["completions"]}) > 1
+    # each prompt has its own seed: two prompts do not get the very same samples
+    assert len({tuple(r["completions"]) for r in out["full"]}) == 5
     assert all(len(r["completions"]) == 1 for r in out["greedy"])

@@ -121,10 +121,13 @@ class VLLMEngine:
     def sample(self, prompts: list[str], cfg: SamplingConfig, seed: int) -> list[list[str]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=seed,
-            min_tokens=cfg.min_new_tokens,
-        )
+        # one seed per request, derived from the batch seed and the position: with a single seed for the whole batch,
+        # vLLM gives prompts with a similar context the very same samples
+        params = [
+            SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                           seed=(seed * 1_000_003 + j) % (2**31 - 1), min_tokens=cfg.min_new_tokens)
+            for j in range(len(prompts))
+        ]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[c.text for c in o.outputs] for o in outs]
 
