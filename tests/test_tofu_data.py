@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -107,22 +106,25 @@ def test_real_recipes_resolve_and_their_data_loads(name, shared_data):
     assert loader.forget_split == "forget10" and len(loader.forget_rows()) == 400 and len(loader.retain_rows()) == 3600
 
 
-def test_dry_run_of_the_real_recipe_on_the_command_line():
-    out = subprocess.run([sys.executable, "-m", "negalign", "train", "recipes/npo_tofu.yaml", "--dry-run"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "resolved into UnlearnConfig" in out.stdout
+def test_dry_run_of_the_real_recipe_on_the_command_line(capsys, monkeypatch):
+    from negalign.cli import main
+
+    monkeypatch.chdir(ROOT)  # in-process: the same code path as `negalign train recipes/npo_tofu.yaml --dry-run`
+    assert main(["train", "recipes/npo_tofu.yaml", "--dry-run"]) == 0
+    assert "resolved into UnlearnConfig" in capsys.readouterr().out
 
 
-def test_eval_rejects_a_retain_json_from_another_split_before_loading_models(shared_data, tmp_path):
+def test_eval_rejects_a_retain_json_from_another_split_before_loading_models(shared_data, tmp_path, capsys, monkeypatch):
     from negalign.evaluation import tofu
 
     ref = tmp_path / "retain.json"
     ref.write_text(json.dumps({"split": "forget05", "items": {"forget": [{"question": "q", "truth_ratio": 1.0}]}}))
     with pytest.raises(DataError, match="forget split 'forget05'.*'forget01'"):
         tofu.retain_truth_ratios(str(ref), ["q"], "forget01")
-    out = subprocess.run(
-        [sys.executable, "-m", "negalign", "eval", "tofu", "--model", str(tmp_path / "no-such-model"),
-         "--data", str(shared_data / "tofu"), "--forget-split", "forget01", "--retain-results", str(ref),
-         "--output-dir", str(tmp_path / "ev")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "forget05" in out.stderr and "Traceback" not in out.stderr
+    from negalign.cli import main
+
+    argv = ["eval", "tofu", "--model", str(tmp_path / "no-such-model"), "--data", str(shared_data / "tofu"),
+            "--forget-split", "forget01", "--retain-results", str(ref), "--output-dir", str(tmp_path / "ev")]
+    monkeypatch.setattr(sys, "argv", ["negalign", *argv])  # the eval sub-command reads its name from sys.argv
+    assert main(argv) == 2  # the CLI's clear-error exit code; the model path is never touched
+    assert "forget05" in capsys.readouterr().err
