@@ -19,6 +19,15 @@ GOOD = [f"Author {i} wrote {i % 7 + 2} novels about the river and the sea." for 
 BAD = [f"Author {i} wrote nothing about the stars." for i in range(6)]
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tiny models run as fast on one thread, and much faster when the cores are shared (OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def _perturbed(model, seed=0, scale=0.05):
     """The policy: the kit model with its weights nudged, so that policy and reference log-probs differ."""
     pol = copy.deepcopy(model)
@@ -182,3 +191,27 @@ def test_online_refresh_resamples_from_the_policy(kit, tmp_path):
     assert sorted(tr._anchor_store) == list(range(6))
     new = [tr._anchor_store[i][0] for i in range(6)]
     assert new != first and all(len(a) == 2 and len(tr._anchor_store[i][1]) == 2 for i, a in enumerate(new))
+
+
+def test_recipe_run_writes_results(tmp_path):
+    """`negalign train` path: negatives loader (chat-formatted), kit model, anchors sampled into OUTPUT/anchors.jsonl."""
+    from negalign.config import load_recipe
+    from negalign.train import run
+
+    data = tmp_path / "neg.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "rejected": b}) + "\n" for q, b in zip(QUESTIONS, BAD)))
+    recipe = load_recipe(data={
+        "model": {"kit": {"dir": str(tmp_path / "kit"), "arch": "qwen2", "size": "tiny", "vocab_size": 512}},
+        "data": {"name": "negatives", "path": str(data)},
+        "method": {"name": "d2o", "num_anchors": 2, "anchor_max_new_tokens": 6},
+        "training": {"max_steps": 2, "per_device_train_batch_size": 3, "learning_rate": 1e-3, "save_strategy": "no",
+                     "gradient_checkpointing": False, "max_length": 96, "disable_tqdm": True, "logging_steps": 1},
+        "output": {"dir": str(tmp_path / "out")},
+    })
+    metrics = run(recipe)
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["method"] == "d2o" and res["metrics"]["num_anchors"] == 2 and res["metrics"]["num_prompts"] == 6
+    assert res["metrics"]["reference_logp_batches"] == 2 and res["metrics"]["anchor_refreshes"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "anchors.jsonl").read_text().splitlines()]
+    assert rows[1]["prompt"].startswith("<|im_start|>user\n") and len(rows[1]["completions"]) == 2
+    assert "rewards/margins" in metrics["log_history"][0]

@@ -22,6 +22,15 @@ GOOD = [f"Author {i} wrote {i % 7 + 2} novels about the river and the sea." for 
 BAD = [f"Author {i} wrote nothing about the stars." for i in range(6)]
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tiny models run as fast on one thread, and much faster when the cores are shared (OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def _perturbed(model, seed=0, scale=0.05):
     pol = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
@@ -122,7 +131,7 @@ def test_margin_column_computed_once(kit, kit_path, tmp_path):
 
 def test_steps_raise_chosen_over_rejected(kit, tmp_path):
     model, tok = kit
-    tr = MADPOTrainer(model, args=_cfg(tmp_path, max_steps=6, learning_rate=3e-3, beta=0.5),
+    tr = MADPOTrainer(model, args=_cfg(tmp_path, max_steps=4, learning_rate=3e-3, beta=0.5),
                       train_dataset=_pairs(tok, 6, margins=[0.5, 1.0, 2.0, 0.1, 3.0, 0.0]), processing_class=tok)
     tr.train()
     logs = [h for h in tr.state.log_history if "rewards/margins" in h]

@@ -1,0 +1,303 @@
+"""``negalign quickstart madpo-toy --output-dir DIR``: MADPO against DPO and IPO under three levels of label noise.
+
+The miniature (everything generated here, offline, on a CPU):
+
+* prompts ``Write a short review of <film>.``; a response is ``--words`` words from a small vocabulary of positive,
+  negative and neutral words, ending with a full stop;
+* the **ground-truth reward** is programmatic: ``gt_reward(y) = #positive words - #negative words``;
+* the base policy is an offline kit model fine-tuned (SFT) on responses whose words are neutral with probability 0.45,
+  negative 0.35 and positive 0.20 (``CLASS_PROBS``): its greedy answer is neutral (reward 0), its samples lean negative;
+* **preference pairs**: two such responses per pair, labelled by a Bradley–Terry draw from the ground truth,
+  ``P(y_1 ≻ y_2) = σ((r_1 - r_2) / T)``, at three noise levels: ``high`` quality (T = ``--t-high``), ``medium``
+  and ``low`` (noisy labels, often against the ground truth);
+* per level: step 1 trains a reward model on the pairs with TRL's RewardTrainer (``madpo_reward`` recipe); step 2
+  trains ``dpo`` (TRL DPO), ``ipo`` (TRL DPO, loss_type ipo) and ``madpo`` (margins from that reward model) from the
+  same base with the same steps, learning rate and β.
+
+Metric: ``levels.<level>.methods.<name>.gt_reward`` = the mean ground-truth reward of the **greedy** answers to
+``--eval-prompts`` held-out prompts (higher is better); ``gt_reward_sampled`` (extra) averages ``--eval-samples``
+sampled answers per prompt, a smoother estimate. The claim of the paper, checked as measured and reported either way:
+MADPO ≥ DPO at every level.
+
+Everything goes through recipes (``negalign.config.load_recipe`` + ``negalign.train.run``), as a user would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+POSITIVE = ["great", "superb", "moving", "brilliant", "charming", "delightful", "gripping", "lovely"]
+NEGATIVE = ["dull", "awful", "boring", "clumsy", "tedious", "bland", "messy", "weak"]
+NEUTRAL = ["plot", "actors", "music", "scenes", "camera", "story", "ending", "dialogue"]
+FILMS = [f"{a} {b}" for a in ("Red", "Silent", "Last", "Paper", "Golden", "Broken", "Hidden", "Winter", "Iron", "Lost")
+         for b in ("River", "Garden", "Harbor", "Crown", "Signal", "Mirror", "Valley", "Lantern")]
+LEVELS = ("high", "medium", "low")
+METHODS = ("dpo", "ipo", "madpo")
+LABELS = {"base": "base (SFT)", "dpo": "DPO", "ipo": "IPO", "madpo": "MADPO"}
+
+
+def gt_reward(text: str, n_words: int = 5) -> int:
+    """The programmatic ground truth: positive words minus negative words among the first ``n_words`` words (the
+    length the task asks for; anything after them is ignored, so rambling earns nothing)."""
+    words = [w.strip(".,!?;:").lower() for w in text.split()][:n_words]
+    return sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", required=True, help="Folder for models, data, results.json, table and plot.")
+    parser.add_argument("--size", default="tiny", help="Kit model size (negalign.models.SIZES).")
+    parser.add_argument("--train-prompts", type=int, default=60)
+    parser.add_argument("--pairs-per-prompt", type=int, default=2)
+    parser.add_argument("--eval-prompts", type=int, default=20)
+    parser.add_argument("--words", type=int, default=5, help="Words per response.")
+    parser.add_argument("--sft-epochs", type=int, default=8)
+    parser.add_argument("--sft-lr", type=float, default=3e-3)
+    parser.add_argument("--rm-steps", type=int, default=40)
+    parser.add_argument("--rm-lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=40, help="Optimizer steps of DPO, IPO and MADPO.")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--t-high", type=float, default=0.25, help="Bradley–Terry temperature, high-quality labels.")
+    parser.add_argument("--t-medium", type=float, default=1.0, help="Bradley–Terry temperature, medium quality.")
+    parser.add_argument("--t-low", type=float, default=4.0, help="Bradley–Terry temperature, low quality.")
+    parser.add_argument("--eval-samples", type=int, default=4)
+    parser.add_argument("--levels", default=",".join(LEVELS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads. 1 is as fast for these tiny models and far faster on a busy machine "
+                             "(OpenMP threads spin when cores are oversubscribed); 0 keeps torch's default.")
+
+
+# ------------------------------------------------------------------------------------------------ the miniature
+
+
+# word-class probabilities of the base policy's responses (and of the offline pairs): neutral words are the commonest
+# and negative ones outnumber positive ones, so the base's greedy answer is neutral (reward 0) and its samples lean
+# negative; raising the reward means moving probability onto the rarest class.
+CLASS_PROBS = {"neutral": 0.45, "negative": 0.35, "positive": 0.20}
+_CLASSES = {"neutral": NEUTRAL, "negative": NEGATIVE, "positive": POSITIVE}
+
+
+def response(rng: random.Random, n: int) -> str:
+    names, probs = zip(*CLASS_PROBS.items())
+    words = [rng.choice(_CLASSES[rng.choices(names, probs)[0]]) for _ in range(n)]
+    return " " + " ".join(words) + "."
+
+
+def question(film: str) -> str:
+    return f"Write a short review of {film}."
+
+
+def preference_rows(prompts: list[str], temperature: float, args, seed: int) -> tuple[list[dict], float]:
+    """Pairs labelled Bradley–Terry from the ground truth. Returns rows and the fraction agreeing with the truth."""
+    rng = random.Random(seed)
+    rows, agree, decided = [], 0, 0
+    for p in prompts:
+        for _ in range(args.pairs_per_prompt):
+            a, b = response(rng, args.words), response(rng, args.words)
+            while gt_reward(a, args.words) == gt_reward(b, args.words):
+                b = response(rng, args.words)
+            ra, rb = gt_reward(a, args.words), gt_reward(b, args.words)
+            a_wins = rng.random() < 1 / (1 + math.exp(-(ra - rb) / temperature))
+            chosen, rejected = (a, b) if a_wins else (b, a)
+            agree += gt_reward(chosen, args.words) > gt_reward(rejected, args.words)
+            decided += 1
+            rows.append({"prompt": question(p), "chosen": chosen, "rejected": rejected})
+    return rows, agree / decided
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate(model_dir: str, films: list[str], args) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from negalign.data import format_prompt
+    from negalign.generation import HFEngine, generate
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    eng = HFEngine(AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32"), tok, device="cpu")
+    prompts = [format_prompt(question(f), tok) for f in films]
+    greedy = generate(None, prompts, n=1, max_new_tokens=args.words + 6, temperature=0.0, engine=eng, batch_size=64,
+                      progress=False)
+    sampled = generate(None, prompts, n=args.eval_samples, max_new_tokens=args.words + 6, temperature=1.0,
+                       seed=args.seed + 11, engine=eng, batch_size=64, progress=False)
+    g = [gt_reward(r["completions"][0], args.words) for r in greedy]
+    s = [gt_reward(c, args.words) for r in sampled for c in r["completions"]]
+    return {"gt_reward": sum(g) / len(g), "gt_reward_sampled": sum(s) / len(s),
+            "example": greedy[0]["completions"][0]}
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def _training(args, steps: int, lr: float) -> dict:
+    return {"learning_rate": lr, "max_steps": steps, "per_device_train_batch_size": args.batch_size,
+            "lr_scheduler_type": "constant", "gradient_checkpointing": False, "logging_steps": 10,
+            "save_strategy": "no", "seed": args.seed, "disable_tqdm": True, "max_length": 64}
+
+
+def _run(recipe_dict: dict, overrides=None) -> dict:
+    from negalign.config import load_recipe
+    from negalign.train import run
+
+    return run(load_recipe(data=recipe_dict, overrides=overrides or []))
+
+
+def _plot(path: Path, levels: dict, base: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [lv for lv in LEVELS if lv in levels]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.25
+    for j, m in enumerate(METHODS):
+        ys = [levels[lv]["methods"][m]["gt_reward"] for lv in names]
+        ax.bar([i + (j - 1) * width for i in range(len(names))], ys, width, label=LABELS[m])
+    ax.axhline(base, color="gray", linestyle="--", label="base (SFT)")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([f"{lv} quality" for lv in names])
+    ax.set_ylabel("ground-truth reward of greedy answers ↑")
+    ax.set_title("madpo-toy: DPO / IPO / MADPO vs label noise")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    from negalign.results import write_results
+
+    t0 = time.time()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    films = list(FILMS)
+    rng.shuffle(films)
+    n_train = min(args.train_prompts, len(films) - args.eval_prompts)
+    train_films, eval_films = films[:n_train], films[n_train : n_train + args.eval_prompts]
+    timings = {}
+
+    # 1. the base policy: SFT on responses drawn from CLASS_PROBS
+    sft = [{"question": question(f), "answer": response(rng, args.words)} for f in train_films for _ in range(4)]
+    _write(out / "data" / "sft.jsonl", sft)
+    print(f"[madpo-toy] 1/3 fine-tuning the base ({args.size} kit model)", flush=True)
+    base_dir = out / "base"
+    t = time.time()
+    _run({
+        "model": {"kit": {"dir": str(out / "kit"), "arch": "qwen2", "size": args.size, "vocab_size": 384,
+                          "seed": args.seed}},
+        "data": {"name": "qa", "path": str(out / "data" / "sft.jsonl")},
+        "method": {"name": "sft"},
+        "training": {**_training(args, -1, args.sft_lr), "num_train_epochs": args.sft_epochs, "max_steps": -1,
+                     "per_device_train_batch_size": 16, "lr_scheduler_type": "cosine"},
+        "output": {"dir": str(base_dir)},
+    })
+    timings["sft_s"] = time.time() - t
+    base = evaluate(str(base_dir), eval_films, args)
+    print(f"          base: gt_reward {base['gt_reward']:.3f} (sampled {base['gt_reward_sampled']:.3f})", flush=True)
+
+    temps = {"high": args.t_high, "medium": args.t_medium, "low": args.t_low}
+    levels = {}
+    for li, level in enumerate([lv for lv in args.levels.split(",") if lv]):
+        rows, agreement = preference_rows(train_films, temps[level], args, seed=args.seed + 100 + li)
+        data_path = out / "data" / f"pairs_{level}.jsonl"
+        _write(data_path, rows)
+        data = {"name": "preference", "path": str(data_path), "chat": True}
+        model = {"name_or_path": str(base_dir), "dtype": "float32"}
+        lv = {"label_agreement_with_gt": agreement, "bt_temperature": temps[level], "methods": {}}
+        print(f"[madpo-toy] 2/3 level {level}: T={temps[level]}, labels agree with the ground truth on "
+              f"{agreement:.0%} of {len(rows)} pairs; reward model", flush=True)
+        t = time.time()
+        rm_dir = out / level / "rm"
+        rm = _run({"model": model, "data": data, "method": {"name": "madpo_reward"},
+                   "training": {**_training(args, args.rm_steps, args.rm_lr), "disable_dropout": True},
+                   "output": {"dir": str(rm_dir)}})
+        lv["reward_model"] = {"train_loss": rm.get("train_loss"), "final_train_accuracy": rm.get("final_train_accuracy")}
+        timings[f"{level}_rm_s"] = time.time() - t
+        for m in METHODS:
+            t = time.time()
+            method = {"name": "madpo" if m == "madpo" else "dpo", "beta": args.beta}
+            if m == "madpo":
+                method["reward_model"] = str(rm_dir)
+            training = {**_training(args, args.steps, args.lr), "disable_dropout": True}
+            if m == "ipo":
+                training["loss_type"] = "ipo"
+            res = _run({"model": model, "data": data, "method": method, "training": training,
+                        "output": {"dir": str(out / level / m)}})
+            ev = evaluate(str(out / level / m), eval_films, args)
+            ev["train_loss"] = res.get("train_loss")
+            if m == "madpo":
+                ev["weights"] = res.get("madpo_weights")
+            lv["methods"][m] = ev
+            timings[f"{level}_{m}_s"] = time.time() - t
+            print(f"          {level}/{m}: gt_reward {ev['gt_reward']:.3f} (sampled {ev['gt_reward_sampled']:.3f})",
+                  flush=True)
+        levels[level] = lv
+
+    # 3. table, claims, plot, results.json
+    names = list(levels)
+    header = f"{'level':<8}{'labels=gt':>10}" + "".join(f"{LABELS[m]:>10}" for m in METHODS) + \
+        "".join(f"{LABELS[m] + ' (s)':>12}" for m in METHODS)
+    lines = [f"base (SFT): gt_reward {base['gt_reward']:.3f} greedy, {base['gt_reward_sampled']:.3f} sampled",
+             header, "-" * len(header)]
+    md = ["| level | labels agree with gt | " + " | ".join(LABELS[m] for m in METHODS) + " | "
+          + " | ".join(LABELS[m] + " (sampled)" for m in METHODS) + " |",
+          "|---|---|" + "---|" * (2 * len(METHODS))]
+    for level in names:
+        ms = levels[level]["methods"]
+        lines.append(f"{level:<8}{levels[level]['label_agreement_with_gt']:>10.0%}"
+                     + "".join(f"{ms[m]['gt_reward']:>10.3f}" for m in METHODS)
+                     + "".join(f"{ms[m]['gt_reward_sampled']:>12.3f}" for m in METHODS))
+        md.append(f"| {level} | {levels[level]['label_agreement_with_gt']:.0%} | "
+                  + " | ".join(f"{ms[m]['gt_reward']:.3f}" for m in METHODS) + " | "
+                  + " | ".join(f"{ms[m]['gt_reward_sampled']:.3f}" for m in METHODS) + " |")
+    table = "\n".join(lines)
+    print(table)
+    (out / "table.md").write_text(f"base (SFT): gt_reward {base['gt_reward']:.3f} (greedy), "
+                                  f"{base['gt_reward_sampled']:.3f} (sampled)\n\n" + "\n".join(md) + "\n")
+    claims = {f"madpo_ge_dpo_{lv}": levels[lv]["methods"]["madpo"]["gt_reward"]
+              >= levels[lv]["methods"]["dpo"]["gt_reward"] for lv in names}
+    claims["madpo_ge_dpo_every_level"] = all(claims.values())
+    png = out / "gt_reward_by_level.png"
+    _plot(png, levels, base["gt_reward"])
+    timings["total_s"] = time.time() - t0
+    write_results(
+        out,
+        {"levels": {lv: {"methods": {m: {"gt_reward": levels[lv]["methods"][m]["gt_reward"]} for m in METHODS}}
+                    for lv in names}},
+        recipe=None,
+        quickstart="madpo-toy",
+        base=base,
+        levels=levels,
+        claims=claims,
+        metric_definitions={
+            "gt_reward": "mean of (#positive words - #negative words) over the greedy answers to held-out prompts",
+            "gt_reward_sampled": "the same over sampled answers (temperature 1)",
+        },
+        settings={k: v for k, v in vars(args).items() if k not in ("func",)},
+        timings_s=timings,
+        table=table,
+        plot=str(png),
+    )
+    print(f"[madpo-toy] claims as measured: {claims}")
+    print(f"[madpo-toy] wrote {out / 'results.json'}, {out / 'table.md'} and {png} in {timings['total_s']:.0f}s")
+    return 0

@@ -1,0 +1,46 @@
+"""Smoke run of `negalign quickstart madpo-toy` with tiny settings (the full run is marked slow)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from negalign.quickstarts.madpo_toy import gt_reward, preference_rows
+
+
+def test_ground_truth_and_bradley_terry_noise():
+    assert gt_reward(" great dull superb plot story.") == 1
+    assert gt_reward(" great great great great great great great", n_words=5) == 5  # only the asked-for length counts
+
+    class A:
+        pairs_per_prompt, words = 200, 5
+
+    prompts = ["a", "b"]
+    _, hi = preference_rows(prompts, 0.25, A, seed=0)
+    _, lo = preference_rows(prompts, 4.0, A, seed=0)
+    assert hi > 0.95 and 0.5 < lo < 0.8  # labels follow the ground truth less as the temperature rises
+
+
+def _run(tmp_path, *extra, timeout=1200):
+    cmd = [sys.executable, "-m", "negalign", "quickstart", "madpo-toy", "--output-dir", str(tmp_path / "qs"), *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads((tmp_path / "qs" / "results.json").read_text())
+
+
+def test_madpo_toy_smoke(tmp_path):
+    res = _run(tmp_path, "--train-prompts", "8", "--eval-prompts", "3", "--pairs-per-prompt", "1", "--sft-epochs", "1",
+               "--rm-steps", "1", "--steps", "1", "--levels", "low", "--eval-samples", "1")
+    m = res["levels"]["low"]["methods"]
+    assert set(m) == {"dpo", "ipo", "madpo"} and all(math.isfinite(v["gt_reward"]) for v in m.values())
+    assert "weight_quantiles" in m["madpo"]["weights"]
+    assert (tmp_path / "qs" / "table.md").exists() and (tmp_path / "qs" / "gt_reward_by_level.png").exists()
+
+
+@pytest.mark.slow
+def test_madpo_toy_full(tmp_path):
+    """The full quickstart (≤ 15 min on the project's 2-core CPU); its numbers are reported, not asserted."""
+    res = _run(tmp_path, timeout=3600)
+    assert set(res["levels"]) == {"high", "medium", "low"}
