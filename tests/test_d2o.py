@@ -215,3 +215,19 @@ def test_recipe_run_writes_results(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "out" / "anchors.jsonl").read_text().splitlines()]
     assert rows[1]["prompt"].startswith("<|im_start|>user\n") and len(rows[1]["completions"]) == 2
     assert "rewards/margins" in metrics["log_history"][0]
+
+
+def test_lora_reference_is_the_adapter_disabled_model(kit, tmp_path):
+    """With LoRA no reference copy is held (π_ref = adapters off), also for the online refresh."""
+    from peft import LoraConfig
+
+    model, tok = kit
+    data = Dataset.from_dict({"prompt": [format_prompt(q, tok) for q in QUESTIONS], "rejected": BAD})
+    tr = D2OTrainer(model, args=_cfg(tmp_path, num_anchors=2, max_steps=4, learning_rate=5e-3, online_refresh_steps=2),
+                    train_dataset=data, processing_class=tok,
+                    peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    assert tr.ref_model is None and tr.ref_logp_batches == 2
+    tr.train()
+    assert tr.anchor_refreshes == 1 and tr.ref_logp_batches == 4
+    logs = [h for h in tr.state.log_history if "rewards/margins" in h]
+    assert logs[-1]["rewards/margins"] > logs[0]["rewards/margins"]
