@@ -65,6 +65,8 @@ class PerStepConfig(DPOConfig):
     max_new_tokens: int = field(default=256, metadata={"help": "Token budget of samples and continuations."})
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     generation_backend: str = field(default="auto", metadata={"help": "auto, hf or vllm (negalign.generation)."})
+    vllm_gpu_memory_utilization: float = field(default=0.5, metadata={"help": "Share of GPU memory the vLLM engine "
+                                               "may take (the policy trains on the same GPU afterwards)."})
     generation_seed: int = field(default=0, metadata={"help": "Seed of samples and continuations."})
     cache_dir: str | None = field(default=None, metadata={"help": "Samples and step values (default: <output_dir>/perstep_cache)."})
     value_responses: str = field(default="auto", metadata={"help": "Whose step values to estimate: auto (perstep_dpo: "
@@ -135,14 +137,16 @@ def task_verifier(loader):
 class LazyEngine:
     """Builds the generation engine on first use (a fully cached run never loads vLLM / a second model copy)."""
 
-    def __init__(self, model_path, backend, tokenizer):
+    def __init__(self, model_path, backend, tokenizer, **engine_kwargs):
         self.model_path, self.backend, self.tokenizer, self.engine = model_path, backend, tokenizer, None
+        self.engine_kwargs = engine_kwargs
 
     def sample(self, prompts, cfg, seed):
         if self.engine is None:
             from negalign.generation import make_engine
 
-            self.engine = make_engine(self.model_path, self.backend, self.tokenizer)
+            kwargs = self.engine_kwargs if self.backend != "hf" else {}
+            self.engine = make_engine(self.model_path, self.backend, self.tokenizer, **kwargs)
         return self.engine.sample(prompts, cfg, seed)
 
     def close(self):
@@ -336,7 +340,8 @@ def prepare(recipe, config, loader, tokenizer, model_path):
     cache_dir = ensure_dir(config.cache_dir or Path(config.output_dir) / "perstep_cache")
     verify = task_verifier(loader)
     examples = loader.examples()
-    engine = LazyEngine(model_path, config.generation_backend, tokenizer)
+    engine = LazyEngine(model_path, config.generation_backend, tokenizer,
+                        gpu_memory_utilization=config.vllm_gpu_memory_utilization)
     samples = sample_solutions(examples, tokenizer, engine, config, cache_dir, verify)
     stats = {"prompts": len(examples), "samples": len(samples),
              "sample_accuracy": sum(s["correct"] for s in samples) / max(len(samples), 1)}
