@@ -184,11 +184,6 @@ def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int, length: int |
     return ids, am, cm
 
 
-def _trim(ids, am, cm):
-    n = int(am.sum(-1).max().item()) if am.numel() else 0
-    return ids[:, :n], am[:, :n], cm[:, :n]
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # the reference as seen through a PEFT model with its adapters disabled
 # ------------------------------------------------------------------------------------------------------------------
