@@ -168,7 +168,7 @@ def test_entropy_bonus_changes_the_gradient(arith_kit, tmp_path):
     assert not torch.allclose(grads[0][name], grads[1][name])
 
 
-@pytest.mark.parametrize("method", ["psr", "nsr", "w_reinforce", "grpo"])
+@pytest.mark.parametrize("method", ["psr", "nsr", "w_reinforce", "reinforce", "grpo"])
 def test_a_few_real_steps_change_the_weights(arith_kit, tmp_path, method):
     """Real HF generation, a real verifier-like reward, two optimizer steps: the weights move."""
     from negalign.trainers.nsr import GRPOBaselineTrainer, NSRConfig, NSRTrainer
