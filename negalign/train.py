@@ -9,7 +9,7 @@ from negalign.config import METHODS, describe_fields, load_recipe, method_module
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("recipe", help="Path to a recipe YAML (see recipes/).")
+    parser.add_argument("recipe", nargs="?", help="Path to a recipe YAML (see recipes/).")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value",
         help="Overrides: section.key=value (training.learning_rate=1e-5) or a bare key one section accepts (max_steps=4).",
@@ -28,6 +28,10 @@ def main(args) -> int:
     if args.show_method:
         print(describe_fields(method_module(args.show_method).CONFIG_CLASS))
         return 0
+    if not args.recipe:
+        from negalign.config import RecipeError
+
+        raise RecipeError("train needs a recipe: negalign train RECIPE.yaml [key=value ...]")
     recipe = load_recipe(args.recipe, args.overrides)
     if args.dry_run:
         import yaml

@@ -70,6 +70,8 @@ def test_cli_help_lists_commands():
         assert cmd in out.stdout
     out = _cli("train", "--help")
     assert out.returncode == 0 and "key=value" in out.stdout
+    out = _cli("train", "--show-method", "npo")  # no recipe needed to read a method's keys
+    assert out.returncode == 0 and "method.beta" in out.stdout and "method.retain_loss" in out.stdout
 
 
 def test_cli_reports_recipe_errors_cleanly():
