@@ -22,6 +22,37 @@ KIT_CORPUS = [
 ]
 
 
+# tiny preference-style texts shared by the D²O / MADPO tests
+QUESTIONS = [f"What did author {i} write?" for i in range(6)]
+GOOD = [f"Author {i} wrote {i % 7 + 2} novels about the river and the sea." for i in range(6)]
+BAD = [f"Author {i} wrote nothing about the stars." for i in range(6)]
+
+
+def perturbed(model, seed=0, scale=0.05):
+    """A copy of ``model`` with its weights nudged, so that policy and reference log-probs differ."""
+    import copy
+
+    import torch
+
+    pol = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return pol
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run as fast on one thread, and much faster when the cores are shared (OpenMP spin-waits)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

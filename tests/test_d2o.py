@@ -13,29 +13,10 @@ from trl import DPOConfig, DPOTrainer
 from negalign.data import DataError, NegativesData, format_prompt
 from negalign.logprobs import sequence_logps, token_logps
 from negalign.trainers.d2o import D2OConfig, D2OTrainer
-
-QUESTIONS = [f"What did author {i} write?" for i in range(6)]
-GOOD = [f"Author {i} wrote {i % 7 + 2} novels about the river and the sea." for i in range(6)]
-BAD = [f"Author {i} wrote nothing about the stars." for i in range(6)]
+from tests.conftest import BAD, GOOD, QUESTIONS, perturbed
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny models run as fast on one thread, and much faster when the cores are shared (OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-def _perturbed(model, seed=0, scale=0.05):
-    """The policy: the kit model with its weights nudged, so that policy and reference log-probs differ."""
-    pol = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in pol.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return pol
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, **kw):
@@ -54,7 +35,7 @@ def test_k1_alpha_eq_beta_equals_trl_dpo_loss_and_gradient(kit, tmp_path):
     model, tok = kit
     prompts = [format_prompt(q, tok) for q in QUESTIONS[:4]]
     ref = model.eval()
-    pol_a, pol_b = _perturbed(model), _perturbed(model)
+    pol_a, pol_b = perturbed(model), perturbed(model)
     d2o_data = Dataset.from_dict({"prompt": prompts, "rejected": BAD[:4], "anchors": [[g] for g in GOOD[:4]]})
     dpo_data = Dataset.from_dict({"prompt": prompts, "chosen": GOOD[:4], "rejected": BAD[:4]})
     d2o = D2OTrainer(pol_a, ref_model=copy.deepcopy(ref), args=_cfg(tmp_path, num_anchors=1, alpha=0.1, beta=0.1),
@@ -81,7 +62,7 @@ def test_k3_loss_is_the_spec_formula(kit, tmp_path):
     anchors = [[GOOD[i], GOOD[(i + 1) % 6], BAD[(i + 2) % 6]] for i in range(3)]
     data = Dataset.from_dict({"prompt": prompts, "rejected": BAD[:3], "anchors": anchors})
     ref = model.eval()
-    pol = _perturbed(model, seed=1)
+    pol = perturbed(model, seed=1)
     beta, alpha = 0.3, 0.05
     tr = D2OTrainer(pol, ref_model=copy.deepcopy(ref), args=_cfg(tmp_path, num_anchors=3, beta=beta, alpha=alpha),
                     train_dataset=data, processing_class=tok)

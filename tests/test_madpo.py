@@ -16,28 +16,10 @@ from negalign.data import format_prompt
 from negalign.losses import madpo_weights
 from negalign.train import run
 from negalign.trainers.madpo import MADPOConfig, MADPOTrainer, compute_margins
-
-QUESTIONS = [f"What did author {i} write?" for i in range(6)]
-GOOD = [f"Author {i} wrote {i % 7 + 2} novels about the river and the sea." for i in range(6)]
-BAD = [f"Author {i} wrote nothing about the stars." for i in range(6)]
+from tests.conftest import BAD, GOOD, QUESTIONS, perturbed
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny models run as fast on one thread, and much faster when the cores are shared (OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-def _perturbed(model, seed=0, scale=0.05):
-    pol = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in pol.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return pol
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, **kw):
@@ -63,9 +45,9 @@ def test_cmin_eq_cmax_eq_1_equals_trl_dpo(kit, tmp_path):
     model, tok = kit
     ref = model.eval()
     data = _pairs(tok, 4, margins=[3.0, -1.0, 0.2, 9.0])
-    mad = MADPOTrainer(_perturbed(model), ref_model=copy.deepcopy(ref), args=_cfg(tmp_path, c_min=1.0, c_max=1.0),
+    mad = MADPOTrainer(perturbed(model), ref_model=copy.deepcopy(ref), args=_cfg(tmp_path, c_min=1.0, c_max=1.0),
                        train_dataset=data, processing_class=tok)
-    dpo = DPOTrainer(_perturbed(model), ref_model=copy.deepcopy(ref), train_dataset=_pairs(tok, 4), processing_class=tok,
+    dpo = DPOTrainer(perturbed(model), ref_model=copy.deepcopy(ref), train_dataset=_pairs(tok, 4), processing_class=tok,
                      args=DPOConfig(output_dir=str(tmp_path / "dpo"), use_cpu=True, bf16=False, report_to="none",
                                     max_length=128, beta=0.1, gradient_checkpointing=False, disable_dropout=True))
     assert mad.train_dataset["madpo_weight"] == [1.0] * 4
@@ -80,7 +62,7 @@ def test_weights_scale_the_per_pair_dpo_loss(kit, tmp_path):
     model, tok = kit
     ref = model.eval()
     margins = [0.3, -2.0, 5.0]
-    pol = _perturbed(model, seed=3)
+    pol = perturbed(model, seed=3)
     mad = MADPOTrainer(copy.deepcopy(pol), ref_model=copy.deepcopy(ref), args=_cfg(tmp_path), processing_class=tok,
                        train_dataset=_pairs(tok, 3, margins))
     flat = MADPOTrainer(copy.deepcopy(pol), ref_model=copy.deepcopy(ref), processing_class=tok,

@@ -24,6 +24,17 @@ def model_and_tokenizer(recipe, loader=None):
     return load_model_and_tokenizer(recipe.model, corpus=corpus)
 
 
+def reference_model(recipe, dtype=None):
+    """The recipe's ``model.ref_name_or_path`` loaded as a causal LM, or ``None`` (the trainer then uses the
+    starting model, or the adapter-disabled base under PEFT)."""
+    path = recipe.model.get("ref_name_or_path")
+    if not path:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+
+
 def peft_config(recipe):
     if not recipe.peft:
         return None

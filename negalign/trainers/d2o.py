@@ -42,6 +42,7 @@ from negalign.trainers.common import (
     model_and_tokenizer,
     peft_config,
     train_and_finish,
+    reference_model,
 )
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_anchor_logps", "ref_rejected_logps", "index", "anchor_version"}
@@ -405,11 +406,7 @@ def train(recipe) -> dict:
     model, tokenizer, _ = model_and_tokenizer(recipe, loader)
     dataset = loader.load(tokenizer)
     config = recipe.build_config()
-    ref_model = None
-    if recipe.model.get("ref_name_or_path"):
-        from transformers import AutoModelForCausalLM
-
-        ref_model = AutoModelForCausalLM.from_pretrained(recipe.model["ref_name_or_path"], dtype=model.dtype)
+    ref_model = reference_model(recipe, dtype=model.dtype)
     trainer = D2OTrainer(model=model, ref_model=ref_model, args=config, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=peft_config(recipe),
                          callbacks=[NonFiniteLossCallback()])

@@ -38,6 +38,7 @@ from negalign.trainers.common import (
     model_and_tokenizer,
     peft_config,
     train_and_finish,
+    reference_model,
 )
 
 _EXTRA_KEYS = ("margin", "madpo_weight")
@@ -332,11 +333,7 @@ def train(recipe) -> dict:
     model, tokenizer, _ = model_and_tokenizer(recipe, loader)
     dataset = loader.load(tokenizer)
     config = recipe.build_config()
-    ref_model = None
-    if recipe.model.get("ref_name_or_path"):
-        from transformers import AutoModelForCausalLM
-
-        ref_model = AutoModelForCausalLM.from_pretrained(recipe.model["ref_name_or_path"], dtype=model.dtype)
+    ref_model = reference_model(recipe, dtype=model.dtype)
     common = dict(model=model, ref_model=ref_model, args=config, train_dataset=dataset, processing_class=tokenizer,
                   peft_config=peft_config(recipe), callbacks=[NonFiniteLossCallback()])
     if method == "dpo":  # TRL's DPO as it is (loss_type sigmoid, ipo, ...): the baseline
