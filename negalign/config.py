@@ -298,11 +298,13 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     return Recipe(sections=sections, path=str(path) if path else None, overrides=overrides)
 
 
-def describe_fields(config_cls) -> str:
-    """Help text for a method config: its own fields with their help (for `negalign train --help`)."""
+def describe_fields(config_cls, presets: dict | None = None) -> str:
+    """Help text for a method config: its own fields, their defaults (``presets`` first: the method's
+    METHOD_DEFAULTS entry) and their help (for `negalign train --show-method`)."""
     method, _ = config_fields(config_cls)
+    presets = presets or {}
     lines = []
     for name, f in method.items():
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default = presets.get(name, f.default if f.default is not dataclasses.MISSING else None)
         lines.append(f"  method.{name} (default {default!r}): {f.metadata.get('help', '')}")
     return "\n".join(lines)

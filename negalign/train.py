@@ -26,7 +26,8 @@ def run(recipe) -> dict:
 
 def main(args) -> int:
     if args.show_method:
-        print(describe_fields(method_module(args.show_method).CONFIG_CLASS))
+        mod = method_module(args.show_method)
+        print(describe_fields(mod.CONFIG_CLASS, getattr(mod, "METHOD_DEFAULTS", {}).get(args.show_method)))
         return 0
     if not args.recipe:
         from negalign.config import RecipeError

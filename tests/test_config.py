@@ -72,6 +72,8 @@ def test_cli_help_lists_commands():
     assert out.returncode == 0 and "key=value" in out.stdout
     out = _cli("train", "--show-method", "npo")  # no recipe needed to read a method's keys
     assert out.returncode == 0 and "method.beta" in out.stdout and "method.retain_loss" in out.stdout
+    out = _cli("train", "--show-method", "simnpo")  # the preset's values, not the class defaults
+    assert "method.beta (default 4.5)" in out.stdout and "method.forget_loss (default 'simnpo')" in out.stdout
 
 
 def test_cli_reports_recipe_errors_cleanly():
