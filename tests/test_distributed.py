@@ -1,6 +1,7 @@
 """Multi-process training on CPU: accelerate + DeepSpeed ZeRO-3 over gloo with 2 processes (real launches)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -43,4 +44,7 @@ def test_two_processes_match_one_process_at_same_global_batch(shared_data, tmp_p
     l1 = [h["loss"] for h in one["log_history"] if "loss" in h]
     assert len(l1) == len(l2) == 3
     assert l1 == pytest.approx(l2, rel=1e-4)
+    # before the first update π_θ = π_ref on every row, so NPO's loss is (2/β) ln 2 = 20 ln 2 at β = 0.1: this holds
+    # only if the reference column, computed in slices by the two processes and gathered, lines up with its rows
+    assert l2[0] == pytest.approx(20 * math.log(2), rel=1e-5)
     assert l1[-1] < l1[0]
