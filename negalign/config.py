@@ -52,6 +52,7 @@ METHODS = {
     "dpo": "negalign.trainers.madpo",
     "perstep_dpo": "negalign.trainers.perstep",
     "perstep_awr": "negalign.trainers.perstep",
+    "dpo_full": "negalign.trainers.perstep",
     "rft": "negalign.trainers.perstep",
 }
 
