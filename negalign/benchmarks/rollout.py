@@ -57,9 +57,11 @@ def main(args) -> int:
         job = [model, json.dumps(prompts), str(args.n), str(args.max_new_tokens), str(args.batch_size)]
         rows = {"hf": _measure("hf", model, prompts, args.n, args.max_new_tokens, args.batch_size)}
         py = args.vllm_python or sys.executable
-        child = subprocess.run([py, "-m", __name__, "--child", "vllm", *job], capture_output=True, text=True)
+        result = f"{tmp}/vllm.json"  # a file, not stdout: vLLM's engine prints there too
+        child = subprocess.run([py, "-m", __name__, "--child", "vllm", *job, result], capture_output=True, text=True)
         if child.returncode == 0:
-            rows["vllm"] = json.loads(child.stdout.strip().splitlines()[-1])
+            with open(result) as f:
+                rows["vllm"] = json.load(f)
         else:
             reason = (child.stderr.strip().splitlines() or ["unknown error"])[-1]
             rows["vllm"] = {"backend": "vllm", "unavailable": reason[:300]}
@@ -79,5 +81,7 @@ def main(args) -> int:
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--child":
-    backend, model, prompts, n, mnt, bs = sys.argv[2:8]
-    print(json.dumps(_measure(backend, model, json.loads(prompts), int(n), int(mnt), int(bs))))
+    backend, model, prompts, n, mnt, bs, result_path = sys.argv[2:9]
+    measured = _measure(backend, model, json.loads(prompts), int(n), int(mnt), int(bs))
+    with open(result_path, "w") as f:
+        json.dump(measured, f)
