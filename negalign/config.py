@@ -174,6 +174,15 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def process_state():
+    """accelerate's process state for this job. On a machine without an accelerator it must be created with
+    ``cpu=True``: otherwise a multi-process launch (``--multi_gpu``, torchrun) falls back to one process per rank, and,
+    the state being a singleton, so would the trainer built after it."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not accelerator_available())
+
+
 def parse_value(text: str):
     try:
         return yaml_load(text)

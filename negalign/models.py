@@ -139,10 +139,10 @@ def load_model_and_tokenizer(model_section: dict, corpus=None, dtype: str | None
     if kit is not None:
         if corpus is None:
             raise ValueError("model.kit needs data whose loader provides texts() to train the tokenizer on")
-        from accelerate import PartialState
+        from negalign.config import process_state
 
         kit = dict(kit)
-        with PartialState().main_process_first():  # under accelerate launch, rank 0 builds and the others reuse
+        with process_state().main_process_first():  # under accelerate launch, rank 0 builds and the others reuse
             path = build_kit_model(kit.pop("dir", "runs/kit"), corpus(), **kit)
     dtype = dtype or model_section.get("dtype") or "auto"
     kwargs = {"dtype": getattr(torch, dtype) if dtype not in ("auto", None) else "auto"}

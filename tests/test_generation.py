@@ -76,3 +76,28 @@ def test_cli_generate(kit_path, tmp_path):
     assert len(rows) == 3 and rows[0]["prompt"].startswith("<|im_start|>user\n") and len(rows[0]["completions"]) == 2
     bad = subprocess.run(cmd[:7] + [str(tmp_path / "missing.jsonl")] + cmd[8:], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "data file not found" in bad.stderr
+
+
+def test_generate_under_accelerate_two_processes_equals_one(kit_path, tmp_path):
+    # batch b always goes to process b % 2 and is seeded with seed + b, so the merged file equals a 1-process run's
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    args = ["generate", "--model", kit_path, "--data", str(data), "--n", "2", "--max-new-tokens", "4",
+            "--batch-size", "2", "--backend", "hf"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "negalign", *args, "--output", str(tmp_path / "one.jsonl")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          "recipes/accelerate/multi_gpu.yaml", "--num_processes", "2", "-m", "negalign", *args,
+                          "--output", str(tmp_path / "two.jsonl")],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = read_generations(tmp_path / "one.jsonl"), read_generations(tmp_path / "two.jsonl")
+    assert [r["id"] for r in b] == list(range(len(PROMPTS)))
+    assert a == b
+    assert (tmp_path / "two.jsonl.shard1of2").exists()  # each process wrote (and can resume) its own shard

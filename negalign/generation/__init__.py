@@ -191,20 +191,25 @@ def generate(
     tokenizer=None,
     engine=None,
     progress: bool = True,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> list[dict]:
     """Sample ``n`` completions for each prompt. Returns one row per prompt: ``{"id", "prompt", "completions"}``.
 
     ``model``: a folder/Hub id or a loaded model (then pass ``tokenizer``); or pass a ready ``engine``.
-    ``output_path``: a JSONL file to append finished batches to and resume from (see the module docstring)."""
+    ``output_path``: a JSONL file to append finished batches to and resume from (see the module docstring).
+    ``num_shards`` / ``shard_index``: generate only the batches ``b`` with ``b % num_shards == shard_index`` (each
+    still seeded with ``seed + b``, so the shards together equal the one-process run); returns only those rows."""
     cfg = SamplingConfig(n, max_new_tokens, temperature, top_p, seed, batch_size, min_new_tokens)
     path = Path(output_path) if output_path is not None else None
     done = _read_done(path, cfg, prompts) if path else {}
     batches = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
-    todo = [b for b, ids in enumerate(batches) if not all(i in done for i in ids)]
+    mine = [b for b in range(len(batches)) if b % num_shards == shard_index]
+    todo = [b for b in mine if not all(i in done for i in batches[b])]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # rewrite the file with only complete batches (drops torn lines and half-written batches)
-        complete = {i for b, ids in enumerate(batches) if b not in todo for i in ids}
+        complete = {i for b in mine if b not in todo for i in batches[b]}
         header = {"sampling": asdict(cfg)}
         with open(path, "w") as f:
             f.write(json.dumps(header) + "\n")
@@ -213,7 +218,8 @@ def generate(
         done = {i: done[i] for i in complete}
     if todo and engine is None:
         engine = make_engine(model, backend, tokenizer)
-    bar = tqdm(total=len(prompts), initial=len(prompts) - sum(len(batches[b]) for b in todo),
+    total = sum(len(batches[b]) for b in mine)
+    bar = tqdm(total=total, initial=total - sum(len(batches[b]) for b in todo),
                desc=f"generate x{n}", disable=not progress, unit="prompt")
     for b in todo:
         ids = batches[b]
@@ -228,7 +234,32 @@ def generate(
                 os.fsync(f.fileno())
         bar.update(len(ids))
     bar.close()
-    return [{"id": i, "prompt": p, "completions": done[i]} for i, p in enumerate(prompts)]
+    return [{"id": i, "prompt": prompts[i], "completions": done[i]} for b in mine for i in batches[b]]
+
+
+def generate_distributed(model, prompts: list[str], output_path: str | os.PathLike, **kwargs) -> list[dict]:
+    """``generate`` across the processes of an ``accelerate launch`` / ``torchrun`` job: process ``r`` of ``w``
+    takes every ``w``-th batch into ``OUTPUT.shard{r}of{w}`` (resumable), then the main process merges the shards
+    into ``output_path``. The merged file equals a one-process run's. With one process it is plain ``generate``."""
+    from negalign.config import process_state
+
+    state = process_state()
+    if state.num_processes == 1:
+        return generate(model, prompts, output_path=output_path, **kwargs)
+    out = Path(output_path)
+    shard = out.with_name(f"{out.name}.shard{state.process_index}of{state.num_processes}")
+    generate(model, prompts, output_path=shard, num_shards=state.num_processes, shard_index=state.process_index,
+             progress=kwargs.pop("progress", True) and state.is_local_main_process, **kwargs)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        shards = [out.with_name(f"{out.name}.shard{r}of{state.num_processes}") for r in range(state.num_processes)]
+        header = Path(shards[0]).read_text().splitlines()[0]
+        rows = sorted((r for s in shards for r in read_generations(s)), key=lambda r: r["id"])
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(header + "\n" + "".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(out)
+    state.wait_for_everyone()
+    return read_generations(out)
 
 
 def read_generations(path: str | os.PathLike) -> list[dict]:

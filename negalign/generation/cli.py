@@ -1,4 +1,6 @@
-"""``negalign generate``: K samples per prompt from a static policy into a JSONL file (resumable, seeded)."""
+"""``negalign generate``: K samples per prompt from a static policy into a JSONL file (resumable, seeded).
+
+Under ``accelerate launch`` / ``torchrun`` the processes share the batches and the main process merges their files."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from negalign.data import DataError
-    from negalign.generation import generate
+    from negalign.generation import generate_distributed
 
     rows = read_records(args.data, args.split)
     if not rows:
@@ -40,8 +42,8 @@ def main(args) -> int:
 
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     prompts = [format_prompt(r[args.prompt_field], tokenizer) if args.chat else r[args.prompt_field] for r in rows]
-    generate(args.model, prompts, n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    generate_distributed(args.model, prompts, n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
              top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, backend=args.backend,
-             output_path=args.output, tokenizer=tokenizer)
+             output_path=args.output, tokenizer=tokenizer)  # shards itself under accelerate launch / torchrun
     print(f"wrote {len(prompts)} prompts x {args.n} samples to {args.output}")
     return 0

@@ -589,9 +589,7 @@ class UnlearnTrainer(_BaseTrainer):
 
 def train(recipe) -> dict:
     """Train an unlearning recipe (data.name tofu, or any loader with ``load_unlearning``); returns the metrics."""
-    from accelerate import PartialState
-
-    from negalign.config import RecipeError
+    from negalign.config import RecipeError, process_state
 
     loader = data_loader(recipe)
     if not hasattr(loader, "load_unlearning"):
@@ -602,7 +600,7 @@ def train(recipe) -> dict:
     if config.retain_loss != "none":
         loader.retain_rows()
     model, tokenizer, path = model_and_tokenizer(recipe, loader)
-    forget, retain = loader.load_unlearning(tokenizer, process_index=PartialState().process_index)
+    forget, retain = loader.load_unlearning(tokenizer, process_index=process_state().process_index)
     ref_model = None
     ref_path = recipe.model.get("ref_name_or_path")
     if ref_path and (config.forget_loss == "npo" or config.retain_loss == "kl"):
