@@ -48,3 +48,25 @@ def test_two_processes_match_one_process_at_same_global_batch(shared_data, tmp_p
     # only if the reference column, computed in slices by the two processes and gathered, lines up with its rows
     assert l2[0] == pytest.approx(20 * math.log(2), rel=1e-5)
     assert l1[-1] < l1[0]
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("multi_gpu", ["peft.r=4", "peft.lora_alpha=8", "peft.target_modules=[q_proj,v_proj]"]),  # DDP + LoRA
+    ("zero2", []),
+])
+def test_ddp_with_lora_and_zero2(shared_data, tmp_path, config, extra):
+    out = tmp_path / config
+    cmd = [*ACCELERATE, "--config_file", f"recipes/accelerate/{config}.yaml", "--num_processes", "2",
+           "--mixed_precision", "no", "-m", "negalign", "train", "recipes/quickstart/npo_tofu_tiny.yaml",
+           f"output_dir={out}", f"model.kit.dir={tmp_path / 'kit'}", "max_steps=3",
+           f"data.path={shared_data / 'tofu'}", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    m = json.loads((out / "results.json").read_text())["metrics"]
+    assert m["world_size"] == 2
+    assert m["deepspeed_zero_stage"] == (2 if config == "zero2" else None)
+    losses = [h["loss"] for h in m["log_history"] if "loss" in h]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    if extra:  # LoRA: only the adapter is saved
+        assert (out / "adapter_model.safetensors").exists()
