@@ -21,6 +21,24 @@ COMMANDS = {
 }
 
 
+_ARGV: list[str] = sys.argv[1:]  # the arguments main() is parsing (read by add_lazy_subcommands)
+
+
+def add_lazy_subcommands(parser: argparse.ArgumentParser, dest: str, table: dict[str, tuple[str, str]]) -> None:
+    """Sub-commands ``NAME -> (module, help)`` under ``parser``. Only the chosen one's module is imported, to add its
+    arguments, so listing them is fast and one broken module cannot break the others."""
+    sub = parser.add_subparsers(dest=dest, metavar="NAME", required=True)
+    chosen = next((a for a in _ARGV if a in table), None)
+    for name, (module, help_text) in table.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
+
+
+def run_lazy(table: dict[str, tuple[str, str]], name: str, args) -> int:
+    return importlib.import_module(table[name][0]).main(args)
+
+
 def _quiet_defaults() -> None:
     # No network on many research clusters and on CI: never wait on telemetry.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -43,7 +61,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_defaults()
+    global _ARGV
     argv = list(sys.argv[1:] if argv is None else argv)
+    _ARGV = argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)

@@ -19,13 +19,7 @@ G = 4  # generations per prompt in these tests
 GROUP_COMPLETIONS = ["1", "2 2", "1 1 1", "3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The kit model is tiny: one torch thread is as fast, and far faster when the CPU is shared. Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,7 @@ from negalign.stepvalues import split_steps
 from negalign.trainers.perstep import AWRCollator, awr_rows, build_pairs, chat_prompt, chosen_pool
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models run far faster on one thread, above all on a shared machine; restore the setting afterwards
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 # -------------------------------------------------------------------------------------------------- the pure loss

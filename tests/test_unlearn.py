@@ -15,13 +15,7 @@ from negalign.data.core import format_prompt
 from negalign.losses import nll_loss, npo_loss
 from negalign.trainers.unlearn import METHOD_DEFAULTS, UnlearnConfig, UnlearnTrainer, pad_rows
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, busy-waiting intra-op threads slow these tests several-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 FORGET_QA = [(f"What did author {i} write?", f"Author {i} wrote {i % 7 + 2} novels about the river and the sea.")

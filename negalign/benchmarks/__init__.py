@@ -3,9 +3,6 @@ one process and writes ``results.json`` with a ``ratios`` object. Benchmarks are
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 BENCHES = {
     "step-cost": ("negalign.benchmarks.step_cost", "NPO+RT step (cached ref, fused forward) vs SFT and vs per-step reference"),
     "logprob-memory": ("negalign.benchmarks.logprob_memory", "Peak memory of chunked log-probs vs full logits"),
@@ -15,13 +12,12 @@ BENCHES = {
 
 
 def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="bench", metavar="NAME", required=True)
-    chosen = next((a for a in sys.argv[2:] if a in BENCHES), None)
-    for name, (module, help_text) in BENCHES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            importlib.import_module(module).add_arguments(p)
+    from negalign.cli import add_lazy_subcommands
+
+    add_lazy_subcommands(parser, "bench", BENCHES)
 
 
 def main(args) -> int:
-    return importlib.import_module(BENCHES[args.bench][0]).main(args)
+    from negalign.cli import run_lazy
+
+    return run_lazy(BENCHES, args.bench, args)

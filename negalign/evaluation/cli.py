@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 EVALS = {
     "tofu": ("negalign.evaluation.tofu", "TOFU unlearning metrics: forget quality, model utility, ROUGE, truth ratio"),
     "passk": ("negalign.evaluation.passk", "pass@k of one or more models on a verifiable task, with a plot"),
@@ -12,15 +10,12 @@ EVALS = {
 
 
 def add_arguments(parser) -> None:
-    import sys
+    from negalign.cli import add_lazy_subcommands
 
-    sub = parser.add_subparsers(dest="eval_name", metavar="NAME", required=True)
-    chosen = next((a for a in sys.argv[2:] if a in EVALS), None)
-    for name, (module, help_text) in EVALS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            importlib.import_module(module).add_arguments(p)
+    add_lazy_subcommands(parser, "eval_name", EVALS)
 
 
 def main(args) -> int:
-    return importlib.import_module(EVALS[args.eval_name][0]).main(args)
+    from negalign.cli import run_lazy
+
+    return run_lazy(EVALS, args.eval_name, args)

@@ -5,9 +5,6 @@ Each quickstart module composes the public API as a user would and defines ``add
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 QUICKSTARTS = {
     "npo-tofu": ("negalign.quickstarts.npo_tofu", "NPO-family unlearning on TOFU with a kit model (<= 15 min CPU)"),
     "nsr-arith": ("negalign.quickstarts.nsr_arith", "PSR / NSR / W-REINFORCE / GRPO / NFT on synthetic arithmetic, pass@k"),
@@ -18,13 +15,12 @@ QUICKSTARTS = {
 
 
 def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="quickstart", metavar="NAME", required=True)
-    chosen = next((a for a in sys.argv[2:] if a in QUICKSTARTS), None)
-    for name, (module, help_text) in QUICKSTARTS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            importlib.import_module(module).add_arguments(p)
+    from negalign.cli import add_lazy_subcommands
+
+    add_lazy_subcommands(parser, "quickstart", QUICKSTARTS)
 
 
 def main(args) -> int:
-    return importlib.import_module(QUICKSTARTS[args.quickstart][0]).main(args)
+    from negalign.cli import run_lazy
+
+    return run_lazy(QUICKSTARTS, args.quickstart, args)
