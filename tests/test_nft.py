@@ -7,8 +7,10 @@ import torch
 from trl import GRPOConfig
 
 from tests.test_nsr import (  # noqa: F401  (arith_kit is a fixture)
-    G, GROUP_COMPLETIONS, arith_kit, batch_inputs, one_thread, loss_grads, make_trainer, tiny_dataset,
+    G, GROUP_COMPLETIONS, arith_kit, batch_inputs, loss_grads, make_trainer, tiny_dataset,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 B_PROMPTS = 2
 MAX_LEN = 8

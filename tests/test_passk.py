@@ -9,7 +9,9 @@ import pytest
 
 from negalign.evaluation import pass_at_k
 from negalign.evaluation.passk import format_table, k_values, pass_at_k_curve, plot_curves
-from tests.test_nsr import arith_kit, one_thread  # noqa: F401  (fixtures)
+from tests.test_nsr import arith_kit  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 @pytest.mark.parametrize(
