@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.distributed
@@ -70,3 +71,23 @@ def test_ddp_with_lora_and_zero2(shared_data, tmp_path, config, extra):
     assert len(losses) == 3 and losses[-1] < losses[0]
     if extra:  # LoRA: only the adapter is saved
         assert (out / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("config", ["multi_gpu", "zero2"])
+def test_rlvr_trainer_on_two_processes(tmp_path, config):
+    # W-REINFORCE through TRL's GRPO machinery (generation, reward gathering across processes) under DDP / ZeRO-2.
+    # On a random kit model every sample is wrong: advantages are all -1 and the weights must still move (NSR's point).
+    from safetensors.torch import load_file
+
+    out, kit = tmp_path / "out", tmp_path / "kit"
+    cmd = [*ACCELERATE, "--config_file", f"recipes/accelerate/{config}.yaml", "--num_processes", "2",
+           "--mixed_precision", "no", "-m", "negalign", "train", "recipes/quickstart/nsr_arith_tiny.yaml",
+           f"output_dir={out}", f"model.kit.dir={kit}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    m = json.loads((out / "results.json").read_text())["metrics"]
+    assert m["world_size"] == 2 and m["deepspeed_zero_stage"] == (2 if config == "zero2" else None)
+    assert len([h for h in m["log_history"] if "loss" in h]) == 3
+    before, after = load_file(kit / "model.safetensors"), load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
