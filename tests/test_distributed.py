@@ -91,3 +91,36 @@ def test_rlvr_trainer_on_two_processes(tmp_path, config):
     assert len([h for h in m["log_history"] if "loss" in h]) == 3
     before, after = load_file(kit / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_d2o_on_two_processes_samples_the_same_anchors(tmp_path):
+    # D²O samples its K anchors from the reference before training. With 2 processes each samples half of the batches
+    # and rank 0 merges: the anchor file must equal a 1-process run's, and both ranks must train on it.
+    import yaml
+
+    from tests.conftest import BAD, QUESTIONS
+
+    data = tmp_path / "neg.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "rejected": b}) + "\n" for q, b in zip(QUESTIONS, BAD)))
+    recipe = tmp_path / "d2o.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"kit": {"dir": str(tmp_path / "kit"), "arch": "qwen2", "size": "tiny", "vocab_size": 512}},
+        "data": {"name": "negatives", "path": str(data)},
+        "method": {"name": "d2o", "num_anchors": 2, "anchor_max_new_tokens": 6, "anchor_batch_size": 2},
+        "training": {"max_steps": 2, "per_device_train_batch_size": 3, "learning_rate": 1e-3, "save_strategy": "no",
+                     "gradient_checkpointing": False, "max_length": 96, "logging_steps": 1},
+    }))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"out{nproc}"
+        cmd = [*ACCELERATE, "--config_file", "recipes/accelerate/multi_gpu.yaml", "--num_processes", str(nproc),
+               "--mixed_precision", "no", "-m", "negalign", "train", str(recipe), f"output_dir={out}"]
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+        assert res.returncode == 0, res.stderr[-4000:]
+        runs[nproc] = json.loads((out / "results.json").read_text())["metrics"]
+        runs[nproc]["anchors"] = [json.loads(x) for x in (out / "anchors.jsonl").read_text().splitlines()]
+    assert runs[2]["world_size"] == 2 and runs[1]["world_size"] == 1
+    assert runs[2]["anchors"] == runs[1]["anchors"]  # header + every prompt's K samples, in order
+    assert len(runs[2]["anchors"]) == 1 + len(QUESTIONS)
+    assert all("loss" in h for h in runs[2]["log_history"][:2])

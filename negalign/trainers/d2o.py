@@ -34,7 +34,7 @@ from trl.data_utils import _tokenize, common_prefix_length
 from trl.trainer.utils import pad
 
 from negalign.data import DataError
-from negalign.generation import generate, make_engine, read_generations
+from negalign.generation import generate, generate_distributed, make_engine, read_generations
 from negalign.losses import d2o_loss
 from negalign.trainers.common import (
     NonFiniteLossCallback,
@@ -240,10 +240,11 @@ class D2OTrainer(DPOTrainer):
                 source = getattr(source_model.config, "_name_or_path", None) or source_model
             engine = make_engine(source, backend, tokenizer)
             was_training = getattr(source_model, "training", False)
-            rows = generate(None, prompts, n=k, max_new_tokens=args.anchor_max_new_tokens,
-                            temperature=args.anchor_temperature, top_p=args.anchor_top_p, seed=args.anchor_seed,
-                            batch_size=args.anchor_batch_size, output_path=path, engine=engine,
-                            progress=not args.disable_tqdm)
+            # under several processes each samples its share of the batches and the main process merges them
+            rows = generate_distributed(None, prompts, path, n=k, max_new_tokens=args.anchor_max_new_tokens,
+                                        temperature=args.anchor_temperature, top_p=args.anchor_top_p,
+                                        seed=args.anchor_seed, batch_size=args.anchor_batch_size, engine=engine,
+                                        progress=not args.disable_tqdm)
             self.anchor_generation_calls += 1
             source_model.train(was_training)
             anchors = [r["completions"] for r in rows]
