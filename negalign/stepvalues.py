@@ -145,7 +145,7 @@ def estimate_step_values(
     Returns one dict per item (input keys kept) with ``steps`` (m strings), ``values`` ``[Q_0..Q_m]``, ``advantages``
     ``[A_1..A_m]``, ``first_pit`` (0-based step index, None when m = 0) and ``correct`` (the verdict on the response).
     """
-    from negalign.generation import generate
+    from negalign.generation import generate_distributed
 
     estimate([True], estimator)  # validates the name before any work
     if num_continuations < 1:
@@ -158,9 +158,9 @@ def estimate_step_values(
                "top_p": top_p, "seed": seed, "batch_size": batch_size}
         digest = hashlib.sha256(json.dumps(sig).encode()).hexdigest()[:16]
         out_path = Path(cache_dir) / f"continuations-{digest}.jsonl"
-    rows = generate(model, texts, n=num_continuations, max_new_tokens=max_new_tokens, temperature=temperature,
-                    top_p=top_p, seed=seed, batch_size=batch_size, backend=backend, output_path=out_path,
-                    tokenizer=tokenizer, engine=engine, progress=progress) if texts else []
+    rows = generate_distributed(model, texts, out_path, n=num_continuations, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                                backend=backend, tokenizer=tokenizer, engine=engine, progress=progress) if texts else []
     q_values = []
     for (prompt, prefix, answer), row in zip(queries, rows):
         q_values.append(estimate([bool(verify(prefix + c, answer)) for c in row["completions"]], estimator))

@@ -237,14 +237,15 @@ def generate(
     return [{"id": i, "prompt": prompts[i], "completions": done[i]} for b in mine for i in batches[b]]
 
 
-def generate_distributed(model, prompts: list[str], output_path: str | os.PathLike, **kwargs) -> list[dict]:
+def generate_distributed(model, prompts: list[str], output_path: str | os.PathLike | None, **kwargs) -> list[dict]:
     """``generate`` across the processes of an ``accelerate launch`` / ``torchrun`` job: process ``r`` of ``w``
     takes every ``w``-th batch into ``OUTPUT.shard{r}of{w}`` (resumable), then the main process merges the shards
-    into ``output_path``. The merged file equals a one-process run's. With one process it is plain ``generate``."""
+    into ``output_path``. The merged file equals a one-process run's. With one process, or without an output file
+    (every process then samples everything itself), it is plain ``generate``."""
     from negalign.config import process_state
 
     state = process_state()
-    if state.num_processes == 1:
+    if state.num_processes == 1 or output_path is None:
         return generate(model, prompts, output_path=output_path, **kwargs)
     out = Path(output_path)
     shard = out.with_name(f"{out.name}.shard{state.process_index}of{state.num_processes}")

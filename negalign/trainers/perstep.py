@@ -162,15 +162,15 @@ def _digest(obj) -> str:
 
 def sample_solutions(examples, tokenizer, engine, config, cache_dir: Path, verify) -> list[dict]:
     """π_sft's own solutions: ``samples_per_prompt`` per prompt, verified. One dict per sample."""
-    from negalign.generation import generate
+    from negalign.generation import generate_distributed
 
     prompts = [chat_prompt(e["prompt"], tokenizer) for e in examples]
     sampling = [config.samples_per_prompt, config.max_new_tokens, config.sample_temperature, config.generation_seed,
                 config.generation_batch_size]
     path = cache_dir / f"samples-{_digest([prompts, sampling])}.jsonl"
-    rows = generate(None, prompts, n=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
-                    temperature=config.sample_temperature, seed=config.generation_seed,
-                    batch_size=config.generation_batch_size, output_path=path, engine=engine)
+    rows = generate_distributed(None, prompts, path, n=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
+                                temperature=config.sample_temperature, seed=config.generation_seed,
+                                batch_size=config.generation_batch_size, engine=engine)
     out = []
     for i, (e, row) in enumerate(zip(examples, rows)):
         for text in row["completions"]:
