@@ -124,3 +124,20 @@ def test_d2o_on_two_processes_samples_the_same_anchors(tmp_path):
     assert runs[2]["anchors"] == runs[1]["anchors"]  # header + every prompt's K samples, in order
     assert len(runs[2]["anchors"]) == 1 + len(QUESTIONS)
     assert all("loss" in h for h in runs[2]["log_history"][:2])
+
+
+def test_nft_refill_agrees_across_two_processes(tmp_path):
+    # A random kit model gets every group wrong, so NFT's dynamic filter keeps refilling. The processes must agree on
+    # the number of refill rounds (they gather the deficit each round; a disagreement deadlocks), stop at
+    # max_refill_rounds = 2, and give the still-unfilled groups zero weight, hence a zero loss.
+    out = tmp_path / "out"
+    cmd = [*ACCELERATE, "--config_file", "recipes/accelerate/multi_gpu.yaml", "--num_processes", "2",
+           "--mixed_precision", "no", "-m", "negalign", "train", "recipes/quickstart/nft_arith_tiny.yaml",
+           f"output_dir={out}", f"model.kit.dir={tmp_path / 'kit'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    m = json.loads((out / "results.json").read_text())["metrics"]
+    steps = [h for h in m["log_history"] if "loss" in h]
+    assert m["world_size"] == 2 and len(steps) == 3
+    assert all(h["nft/refill_rounds"] == 2 and h["nft/unfilled_groups"] > 0 and h["loss"] == 0 for h in steps)
