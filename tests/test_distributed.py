@@ -15,15 +15,23 @@ pytestmark = pytest.mark.distributed
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 
 
-def _launch(tmp_path, name, nproc, *overrides, extra_launch=()):
+NPO_TINY = "recipes/quickstart/npo_tofu_tiny.yaml"
+
+
+def _launch(tmp_path, name, nproc, *overrides, config="zero3", recipe=NPO_TINY, extra_launch=()):
+    """``accelerate launch`` a recipe with ``recipes/accelerate/<config>.yaml``; its output goes to ``tmp_path/name``
+    and its kit model to ``tmp_path/kit``. Returns the run's metrics from results.json."""
     out = tmp_path / name
-    cmd = [*ACCELERATE, "--config_file", "recipes/accelerate/zero3.yaml", "--num_processes", str(nproc), *extra_launch,
-           "-m", "negalign", "train", "recipes/quickstart/npo_tofu_tiny.yaml", f"output_dir={out}",
+    cmd = [*ACCELERATE, "--config_file", f"recipes/accelerate/{config}.yaml", "--num_processes", str(nproc),
+           *extra_launch, "-m", "negalign", "train", str(recipe), f"output_dir={out}",
            f"model.kit.dir={tmp_path / 'kit'}", *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads((out / "results.json").read_text())["metrics"]
+
+
+FP32 = ("--mixed_precision", "no")
 
 
 def test_readme_zero3_command_trains_on_two_processes(shared_data, tmp_path):
@@ -39,8 +47,8 @@ def test_two_processes_match_one_process_at_same_global_batch(shared_data, tmp_p
     # on purpose, so NPO+RT batches differ between layouts). DDP/ZeRO average the per-process mean losses and
     # gradients, which equals the 8-row mean: losses must agree up to float32 reduction-order noise.
     common = ("method.name=npo", "max_steps=3", f"data.path={shared_data / 'tofu'}")
-    two = _launch(tmp_path, "two", 2, "per_device_train_batch_size=4", *common, extra_launch=("--mixed_precision", "no"))
-    one = _launch(tmp_path, "one", 1, "per_device_train_batch_size=8", *common, extra_launch=("--mixed_precision", "no"))
+    two = _launch(tmp_path, "two", 2, "per_device_train_batch_size=4", *common, extra_launch=FP32)
+    one = _launch(tmp_path, "one", 1, "per_device_train_batch_size=8", *common, extra_launch=FP32)
     l2 = [h["loss"] for h in two["log_history"] if "loss" in h]
     l1 = [h["loss"] for h in one["log_history"] if "loss" in h]
     assert len(l1) == len(l2) == 3
@@ -56,21 +64,14 @@ def test_two_processes_match_one_process_at_same_global_batch(shared_data, tmp_p
     ("zero2", []),
 ])
 def test_ddp_with_lora_and_zero2(shared_data, tmp_path, config, extra):
-    out = tmp_path / config
-    cmd = [*ACCELERATE, "--config_file", f"recipes/accelerate/{config}.yaml", "--num_processes", "2",
-           "--mixed_precision", "no", "-m", "negalign", "train", "recipes/quickstart/npo_tofu_tiny.yaml",
-           f"output_dir={out}", f"model.kit.dir={tmp_path / 'kit'}", "max_steps=3",
-           f"data.path={shared_data / 'tofu'}", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
-    m = json.loads((out / "results.json").read_text())["metrics"]
+    m = _launch(tmp_path, config, 2, "max_steps=3", f"data.path={shared_data / 'tofu'}", *extra, config=config,
+                extra_launch=FP32)
     assert m["world_size"] == 2
     assert m["deepspeed_zero_stage"] == (2 if config == "zero2" else None)
     losses = [h["loss"] for h in m["log_history"] if "loss" in h]
     assert len(losses) == 3 and losses[-1] < losses[0]
     if extra:  # LoRA: only the adapter is saved
-        assert (out / "adapter_model.safetensors").exists()
+        assert (tmp_path / config / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.parametrize("config", ["multi_gpu", "zero2"])
@@ -79,14 +80,8 @@ def test_rlvr_trainer_on_two_processes(tmp_path, config):
     # On a random kit model every sample is wrong: advantages are all -1 and the weights must still move (NSR's point).
     from safetensors.torch import load_file
 
+    m = _launch(tmp_path, "out", 2, config=config, recipe="recipes/quickstart/nsr_arith_tiny.yaml", extra_launch=FP32)
     out, kit = tmp_path / "out", tmp_path / "kit"
-    cmd = [*ACCELERATE, "--config_file", f"recipes/accelerate/{config}.yaml", "--num_processes", "2",
-           "--mixed_precision", "no", "-m", "negalign", "train", "recipes/quickstart/nsr_arith_tiny.yaml",
-           f"output_dir={out}", f"model.kit.dir={kit}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
-    m = json.loads((out / "results.json").read_text())["metrics"]
     assert m["world_size"] == 2 and m["deepspeed_zero_stage"] == (2 if config == "zero2" else None)
     assert len([h for h in m["log_history"] if "loss" in h]) == 3
     before, after = load_file(kit / "model.safetensors"), load_file(out / "model.safetensors")
@@ -110,16 +105,11 @@ def test_d2o_on_two_processes_samples_the_same_anchors(tmp_path):
         "training": {"max_steps": 2, "per_device_train_batch_size": 3, "learning_rate": 1e-3, "save_strategy": "no",
                      "gradient_checkpointing": False, "max_length": 96, "logging_steps": 1},
     }))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     runs = {}
     for nproc in (1, 2):
-        out = tmp_path / f"out{nproc}"
-        cmd = [*ACCELERATE, "--config_file", "recipes/accelerate/multi_gpu.yaml", "--num_processes", str(nproc),
-               "--mixed_precision", "no", "-m", "negalign", "train", str(recipe), f"output_dir={out}"]
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-        assert res.returncode == 0, res.stderr[-4000:]
-        runs[nproc] = json.loads((out / "results.json").read_text())["metrics"]
-        runs[nproc]["anchors"] = [json.loads(x) for x in (out / "anchors.jsonl").read_text().splitlines()]
+        runs[nproc] = _launch(tmp_path, f"out{nproc}", nproc, config="multi_gpu", recipe=recipe, extra_launch=FP32)
+        anchors = (tmp_path / f"out{nproc}" / "anchors.jsonl").read_text().splitlines()
+        runs[nproc]["anchors"] = [json.loads(x) for x in anchors]
     assert runs[2]["world_size"] == 2 and runs[1]["world_size"] == 1
     assert runs[2]["anchors"] == runs[1]["anchors"]  # header + every prompt's K samples, in order
     assert len(runs[2]["anchors"]) == 1 + len(QUESTIONS)
@@ -130,14 +120,8 @@ def test_nft_refill_agrees_across_two_processes(tmp_path):
     # A random kit model gets every group wrong, so NFT's dynamic filter keeps refilling. The processes must agree on
     # the number of refill rounds (they gather the deficit each round; a disagreement deadlocks), stop at
     # max_refill_rounds = 2, and give the still-unfilled groups zero weight, hence a zero loss.
-    out = tmp_path / "out"
-    cmd = [*ACCELERATE, "--config_file", "recipes/accelerate/multi_gpu.yaml", "--num_processes", "2",
-           "--mixed_precision", "no", "-m", "negalign", "train", "recipes/quickstart/nft_arith_tiny.yaml",
-           f"output_dir={out}", f"model.kit.dir={tmp_path / 'kit'}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
-    m = json.loads((out / "results.json").read_text())["metrics"]
+    m = _launch(tmp_path, "out", 2, config="multi_gpu", recipe="recipes/quickstart/nft_arith_tiny.yaml",
+                extra_launch=FP32)
     steps = [h for h in m["log_history"] if "loss" in h]
     assert m["world_size"] == 2 and len(steps) == 3
     assert all(h["nft/refill_rounds"] == 2 and h["nft/unfilled_groups"] > 0 and h["loss"] == 0 for h in steps)
