@@ -180,7 +180,12 @@ def estimate_step_values(
             "correct": correct,
         })
     if cache_dir is not None:
-        write_step_values(Path(cache_dir) / "values.jsonl", results)
+        from negalign.config import process_state
+
+        state = process_state()  # every process holds the same rows: the main process writes them
+        if state.is_main_process:
+            write_step_values(Path(cache_dir) / "values.jsonl", results)
+        state.wait_for_everyone()
     return results
 
 

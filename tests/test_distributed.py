@@ -27,7 +27,10 @@ def _launch(tmp_path, name, nproc, *overrides, config="zero3", recipe=NPO_TINY, 
            f"model.kit.dir={tmp_path / 'kit'}", *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+    if res.returncode != 0:  # the first traceback names the failing rank's error; the rest is the others' teardown
+        lines = res.stderr.splitlines()
+        first = next((i for i, x in enumerate(lines) if "Traceback" in x), max(len(lines) - 60, 0))
+        pytest.fail("\n".join(lines[first : first + 80]) + "\n...\n" + res.stderr[-1500:])
     return json.loads((out / "results.json").read_text())["metrics"]
 
 
@@ -125,3 +128,97 @@ def test_nft_refill_agrees_across_two_processes(tmp_path):
     steps = [h for h in m["log_history"] if "loss" in h]
     assert m["world_size"] == 2 and len(steps) == 3
     assert all(h["nft/refill_rounds"] == 2 and h["nft/unfilled_groups"] > 0 and h["loss"] == 0 for h in steps)
+
+
+PERSTEP_TINY = "recipes/quickstart/perstep_arith_tiny.yaml"
+
+
+@pytest.mark.parametrize("method", ["perstep_dpo", "perstep_awr"])
+def test_perstep_two_processes_match_one_process(tmp_path, method):
+    # The per-step pipeline under DDP: sampling and Monte-Carlo step values are sharded by generation batch (each
+    # batch seeded alike in any layout), so the cached files must equal a 1-process run's; training at the same global
+    # batch (2 x 2 vs 1 x 4) must then give the same losses. For perstep_awr this checks the token-mean normalization
+    # over the whole optimizer batch: rows have different lengths, so averaging per-process token means would differ.
+    from safetensors.torch import load_file
+
+    keys = [f"method.name={method}"] + (["method.awr_positive_weight=1.0"] if method == "perstep_awr" else [])
+    runs = {n: _launch(tmp_path, f"out{n}", n, *keys, f"training.per_device_train_batch_size={4 // n}",
+                       config="multi_gpu", recipe=PERSTEP_TINY, extra_launch=FP32) for n in (2, 1)}
+    assert runs[2]["world_size"] == 2 and runs[1]["world_size"] == 1
+    assert runs[2]["perstep"] == runs[1]["perstep"]  # prompts, samples, step-value statistics, pairs / sequences
+    for n in (1, 2):
+        cache = tmp_path / f"out{n}" / "perstep_cache"
+        runs[n]["cache"] = {p.relative_to(cache).as_posix(): p.read_text() for p in sorted(cache.rglob("*.jsonl"))}
+    assert runs[1]["cache"] and runs[2]["cache"].keys() == runs[1]["cache"].keys()  # (the .shardRofW files aside)
+    for name, text in runs[1]["cache"].items():
+        assert runs[2]["cache"][name] == text, name
+    l1, l2 = ([h["loss"] for h in runs[n]["log_history"] if "loss" in h] for n in (1, 2))
+    assert len(l1) == 2 and l1 == pytest.approx(l2, rel=1e-4)
+    before, after = (load_file(tmp_path / d / "model.safetensors") for d in ("kit", "out2"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the 2-process run trained
+
+
+def _madpo_recipe(tmp_path, method: dict) -> Path:
+    import yaml
+
+    rows = [{"prompt": f"Review {i}: the film was", "chosen": " wonderful" + " and moving" * (i % 3) + ".",
+             "rejected": " dull" + " and long" * (i % 4) + "."} for i in range(12)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / f"{method['name']}.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"kit": {"dir": str(tmp_path / "kit"), "arch": "qwen2", "size": "tiny", "vocab_size": 512}},
+        "data": {"name": "preference", "path": str(data)},
+        "method": method,
+        "training": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "save_strategy": "no",
+                     "logging_steps": 1, "gradient_checkpointing": False, "max_length": 64, "seed": 0},
+    }))
+    return recipe
+
+
+def test_madpo_two_processes_match_one_process(tmp_path):
+    # MADPO's margins come from one reward-model pass sharded across the processes (each scores half of the pairs,
+    # all receive every margin); TRL's DPO precomputes the reference log-probs sharded too. At the same global batch
+    # (2 x 2 vs 1 x 4) the weights and the losses must match the 1-process run.
+    _launch(tmp_path, "rm", 1, config="multi_gpu", recipe=_madpo_recipe(tmp_path, {"name": "madpo_reward"}),
+            extra_launch=FP32)
+    recipe = _madpo_recipe(tmp_path, {"name": "madpo", "reward_model": str(tmp_path / "rm"), "reward_batch_size": 2})
+    runs = {n: _launch(tmp_path, f"out{n}", n, f"training.per_device_train_batch_size={4 // n}", config="multi_gpu",
+                       recipe=recipe, extra_launch=FP32) for n in (2, 1)}
+    # 12 pairs in batches of 2: 6 reward-model forwards in one process, 3 on each of two
+    assert runs[1]["reward_model_forwards"] == 6 and runs[2]["reward_model_forwards"] == 3
+    w1, w2 = runs[1]["madpo_weights"], runs[2]["madpo_weights"]
+    assert w1["margin_quantiles"] == pytest.approx(w2["margin_quantiles"], rel=1e-5, abs=1e-6)
+    assert w1["weight_quantiles"] == pytest.approx(w2["weight_quantiles"], rel=1e-5)
+    l1, l2 = ([h["loss"] for h in runs[n]["log_history"] if "loss" in h] for n in (1, 2))
+    assert len(l1) == 3 and l1 == pytest.approx(l2, rel=1e-4)
+
+
+def test_d2o_online_refresh_is_sharded_under_zero3(tmp_path):
+    # Online D²O re-samples the anchors from the policy (weights gathered under ZeRO-3) after every step. With two
+    # processes each samples half of the generation batches and scores half of the reference rows; the losses must
+    # match a 1-process run at the same global batch, i.e. both layouts train on the same refreshed anchors.
+    import yaml
+
+    from tests.conftest import BAD, QUESTIONS
+
+    data = tmp_path / "neg.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "rejected": b}) + "\n" for q, b in zip(QUESTIONS * 2, BAD * 2)))
+    recipe = tmp_path / "d2o.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"kit": {"dir": str(tmp_path / "kit"), "arch": "qwen2", "size": "tiny", "vocab_size": 512}},
+        "data": {"name": "negatives", "path": str(data)},
+        "method": {"name": "d2o", "num_anchors": 2, "anchor_max_new_tokens": 6, "anchor_batch_size": 3,
+                   "online_refresh_steps": 1},
+        "training": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "save_strategy": "no",
+                     "gradient_checkpointing": False, "max_length": 96, "logging_steps": 1, "seed": 0},
+    }))
+    runs = {n: _launch(tmp_path, f"out{n}", n, f"training.per_device_train_batch_size={4 // n}", recipe=recipe,
+                       extra_launch=FP32) for n in (2, 1)}
+    assert runs[2]["deepspeed_zero_stage"] == 3 and runs[2]["world_size"] == 2
+    assert runs[1]["anchor_refreshes"] == runs[2]["anchor_refreshes"] == 2  # after steps 1 and 2, not after the last
+    # 12 prompts in 4 generation batches of 3: the main process samples batches 0 and 2 in each refresh
+    assert runs[1]["anchor_refresh_prompts_sampled_by_main_process"] == 2 * 12
+    assert runs[2]["anchor_refresh_prompts_sampled_by_main_process"] == 2 * 6
+    l1, l2 = ([h["loss"] for h in runs[n]["log_history"] if "loss" in h] for n in (1, 2))
+    assert len(l1) == 3 and l1 == pytest.approx(l2, rel=1e-4)

@@ -80,6 +80,64 @@ def train_and_finish(trainer, recipe, extra_metrics: dict | None = None, resume=
     return metrics
 
 
+def run_sharded(compute, n: int) -> list:
+    """Compute a frozen column of ``n`` values across the processes of the job, each value once.
+
+    Process ``r`` of ``w`` calls ``compute(indices)`` on its contiguous slice of ``ceil(n / w)`` indices of
+    ``range(n)`` (the last slice padded by repeating index ``n - 1``, so that every process runs the same number of
+    batches: forwards of a ZeRO-3-sharded model are collective) and must return one value per index. Every process
+    gets all ``n`` values back, in order. With one process this is ``compute(list(range(n)))``."""
+    from negalign.config import process_state
+
+    state = process_state()
+    world, rank = state.num_processes, state.process_index
+    per = math.ceil(n / world) if n else 0
+    values = list(compute([min(rank * per + j, n - 1) for j in range(per)]))
+    if len(values) != per:
+        raise ValueError(f"run_sharded: compute returned {len(values)} values for {per} indices")
+    if world == 1:
+        return values
+    from accelerate.utils import gather_object
+
+    return gather_object(values)[:n]  # the slices, in process order
+
+
+def precompute_dpo_reference(trainer, dataset, batch_size: int):
+    """``DPOTrainer``'s reference precompute (``ref_chosen_logps`` / ``ref_rejected_logps`` columns), sharded with
+    ``run_sharded`` and kept in memory. TRL's own version writes a cache file named after the dataset's cache folder,
+    which for an in-memory dataset (``Dataset.from_list``, ``add_column``) is a temporary folder of each process: under
+    several processes rank 0 writes it where the others cannot read it. The DPO-based trainers override
+    ``_precompute_ref_logps`` with this."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if trainer.ref_model is None and trainer.is_deepspeed_enabled:
+        # before training the policy is not yet a DeepSpeed engine (under ZeRO-3 its weights are sharded): score it
+        # through an inference engine, as TRL does
+        from trl.models.utils import prepare_deepspeed
+
+        if trainer._precompute_engine is None:
+            trainer._precompute_engine = prepare_deepspeed(trainer.model, trainer.accelerator)
+        model = trainer._precompute_engine
+    else:
+        model = trainer.ref_model or trainer.model
+    device = trainer.accelerator.device
+
+    def score(shard: list[int]) -> list[tuple[float, float]]:
+        out = []
+        for start in tqdm(range(0, len(shard), batch_size), desc="Reference log-probs",
+                          disable=not trainer.accelerator.is_local_main_process):
+            batch = trainer.data_collator([dataset[i] for i in shard[start : start + batch_size]])
+            batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+            chosen, rejected = trainer.compute_ref_log_probs(model, batch)  # [b], [b]
+            out.extend(zip(chosen.float().cpu().tolist(), rejected.float().cpu().tolist()))
+        return out
+
+    values = run_sharded(score, len(dataset))
+    dataset = dataset.add_column("ref_chosen_logps", [v[0] for v in values])
+    return dataset.add_column("ref_rejected_logps", [v[1] for v in values])
+
+
 def ensure_dir(path) -> Path:
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,9 @@ from negalign.trainers.common import (
     data_loader,
     model_and_tokenizer,
     peft_config,
-    train_and_finish,
     reference_model,
+    run_sharded,
+    train_and_finish,
 )
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_anchor_logps", "ref_rejected_logps", "index", "anchor_version"}
@@ -204,6 +205,7 @@ class D2OTrainer(DPOTrainer):
         self._anchor_version = [0]
         self.ref_logp_batches = 0  # reference forward passes (batches), for inspection and tests
         self.anchor_refreshes = 0
+        self.refresh_prompts_sampled = 0  # by this process, over all refreshes
         self.run_info = {"anchors_path": self.anchors_path, "anchor_refreshes": 0}
         collator = D2OCollator(pad_token_id=processing_class.pad_token_id, max_length=args.max_length,
                                store=self._anchor_store, version=self._anchor_version)
@@ -253,21 +255,35 @@ class D2OTrainer(DPOTrainer):
 
     def refresh_anchors(self) -> None:
         """Online D²O: re-sample K anchors per prompt from the current policy and recompute the reference log-probs of
-        the new anchors only. Takes effect from the next step (a batch collated earlier is re-collated)."""
-        args = self.args
-        policy = self.accelerator.unwrap_model(self.model)
-        was_training = policy.training
+        the new anchors only. Takes effect from the next step (a batch collated earlier is re-collated).
+
+        Under several processes each samples every ``world``-th generation batch (batch ``b`` is seeded alike in any
+        layout) with the full weights (gathered under ZeRO-3), the rows are exchanged, and the reference pass is
+        sharded too: the refresh costs each process ``1 / world`` of the one-process work."""
+        from accelerate.utils import gather_object
+        from trl.models.utils import unwrap_model_for_generation
+
         from negalign.generation import HFEngine
 
-        engine = HFEngine(policy, self._tokenizer, device=str(self.accelerator.device))
+        args = self.args
         data = self.train_dataset
-        rows = generate(None, list(data["prompt"]), n=self.num_anchors, max_new_tokens=args.anchor_max_new_tokens,
-                        temperature=args.anchor_temperature, top_p=args.anchor_top_p,
-                        seed=args.anchor_seed + 1_000_003 * (self.anchor_refreshes + 1),
-                        batch_size=args.anchor_batch_size, engine=engine, progress=False)
-        policy.train(was_training)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                         gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs) as policy:
+            was_training = policy.training
+            engine = HFEngine(policy, self._tokenizer, device=str(self.accelerator.device))
+            rows = generate(None, list(data["prompt"]), n=self.num_anchors, max_new_tokens=args.anchor_max_new_tokens,
+                            temperature=args.anchor_temperature, top_p=args.anchor_top_p,
+                            seed=args.anchor_seed + 1_000_003 * (self.anchor_refreshes + 1),
+                            batch_size=args.anchor_batch_size, engine=engine, progress=False,
+                            num_shards=world, shard_index=rank)
+            policy.train(was_training)
+        self.refresh_prompts_sampled += len(rows)
+        if world > 1:
+            rows = sorted(gather_object(rows), key=lambda r: r["id"])
         self.anchor_refreshes += 1
         self.run_info["anchor_refreshes"] = self.anchor_refreshes
+        self.run_info["anchor_refresh_prompts_sampled_by_main_process"] = self.refresh_prompts_sampled
         eos = self._tokenizer.eos_token or ""
         flat = []
         for pos, r in enumerate(rows):
@@ -314,26 +330,40 @@ class D2OTrainer(DPOTrainer):
 
     def _reference_logps(self, examples: list[dict], with_negatives: bool = True) -> list:
         """Reference log-probs of the anchors (and negatives) of ``examples``, in batches of ``precompute_ref_batch_size``
-        (default: the train batch size). Returns ``[[K floats], negative float]`` per example, or ``[K floats]``."""
+        (default: the train batch size), sharded across processes (``run_sharded``; every process gets all rows).
+        Returns ``[[K floats], negative float]`` per example, or ``[K floats]``."""
         bs = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
         collate = D2OCollator(pad_token_id=self._tokenizer.pad_token_id, max_length=self.args.max_length)
         model = self.ref_model or self.model
-        out = []
-        for start in range(0, len(examples), bs):
-            chunk = examples[start : start + bs]
-            batch = collate([{k: v for k, v in ex.items() if k not in ("ref_anchor_logps", "ref_rejected_logps")}
-                             for ex in chunk])
-            batch = {k: v.to(self.accelerator.device) for k, v in batch.items() if k not in ("index", "anchor_version")}
-            self.ref_logp_batches += 1
-            # DPOTrainer.compute_ref_log_probs returns the sequence log-probs split in two halves; rejoined, they
-            # are the K·B anchors then the B negatives
-            logps = torch.cat(self.compute_ref_log_probs(model, batch)).float().cpu()
-            b, k = len(chunk), len(chunk[0]["anchor_ids"])
-            anchors = logps[: b * k].view(b, k)
-            negs = logps[b * k :]
-            for j in range(b):
-                out.append([anchors[j].tolist(), negs[j].item()] if with_negatives else anchors[j].tolist())
-        return out
+        if self.ref_model is None and self.is_deepspeed_enabled and not self.is_in_train:
+            # before training the policy is not yet a DeepSpeed engine (under ZeRO-3 its weights are sharded): score
+            # it through an inference engine, as DPOTrainer's own precompute does
+            from trl.models.utils import prepare_deepspeed
+
+            if self._precompute_engine is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            model = self._precompute_engine
+
+        def score(shard: list[int]) -> list:
+            out = []
+            for start in range(0, len(shard), bs):
+                chunk = [examples[i] for i in shard[start : start + bs]]
+                batch = collate([{k: v for k, v in ex.items() if k not in ("ref_anchor_logps", "ref_rejected_logps")}
+                                 for ex in chunk])
+                batch = {k: v.to(self.accelerator.device) for k, v in batch.items()
+                         if k not in ("index", "anchor_version")}
+                self.ref_logp_batches += 1
+                # DPOTrainer.compute_ref_log_probs returns the sequence log-probs split in two halves; rejoined, they
+                # are the K·B anchors then the B negatives
+                logps = torch.cat(self.compute_ref_log_probs(model, batch)).float().cpu()
+                b, k = len(chunk), len(chunk[0]["anchor_ids"])
+                anchors = logps[: b * k].view(b, k)
+                negs = logps[b * k :]
+                for j in range(b):
+                    out.append([anchors[j].tolist(), negs[j].item()] if with_negatives else anchors[j].tolist())
+            return out
+
+        return run_sharded(score, len(examples))
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
         if "ref_anchor_logps" in dataset.column_names and "ref_rejected_logps" in dataset.column_names:

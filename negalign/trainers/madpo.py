@@ -29,7 +29,7 @@ from trl.data_utils import _tokenize
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
-from negalign.config import RecipeError, accelerator_available
+from negalign.config import RecipeError, accelerator_available, process_state
 from negalign.data import DataError
 from negalign.losses import madpo_loss, madpo_weights
 from negalign.trainers.common import (
@@ -37,8 +37,10 @@ from negalign.trainers.common import (
     data_loader,
     model_and_tokenizer,
     peft_config,
-    train_and_finish,
+    precompute_dpo_reference,
     reference_model,
+    run_sharded,
+    train_and_finish,
 )
 
 _EXTRA_KEYS = ("margin", "madpo_weight")
@@ -180,9 +182,13 @@ class MADPOTrainer(DPOTrainer):
             rtok = reward_processing_class or processing_class
             counter = reward_model.register_forward_hook(lambda *a: setattr(self, "reward_forwards",
                                                                             self.reward_forwards + 1))
-            try:
-                margins = compute_margins(reward_model, rtok, train_dataset, args.reward_batch_size, args.max_length,
-                                          progress=not args.disable_tqdm)
+            try:  # each process scores its slice of the pairs; all receive the whole column
+                margins = run_sharded(
+                    lambda shard: compute_margins(reward_model, rtok, train_dataset.select(shard),
+                                                  args.reward_batch_size, args.max_length,
+                                                  progress=not args.disable_tqdm),
+                    len(train_dataset),
+                )
             finally:
                 counter.remove()
             train_dataset = train_dataset.add_column("margin", margins)
@@ -210,6 +216,9 @@ class MADPOTrainer(DPOTrainer):
         if self._signature_columns is None:
             self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps",
                                        "ref_rejected_logps", *_EXTRA_KEYS]
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        return precompute_dpo_reference(self, dataset, batch_size)  # in memory, sharded across processes
 
     def compute_ref_log_probs(self, model, inputs):
         return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in _EXTRA_KEYS})
@@ -344,6 +353,7 @@ def train(recipe) -> dict:
         if not config.reward_model:
             raise RecipeError("madpo needs method.reward_model: the folder a madpo_reward recipe wrote")
         rm, rtok = load_reward_model(config.reward_model)
+        rm.to(process_state().device)  # this process's GPU (or the CPU): the margins pass runs there
     trainer = MADPOTrainer(reward_model=rm, reward_processing_class=rtok, **common)
     del rm
     return train_and_finish(trainer, recipe, extra_metrics={"madpo_weights": trainer.weight_stats,

@@ -36,6 +36,7 @@ import torch
 from transformers import Trainer
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from negalign.config import process_state
 from negalign.losses import masked_mean, step_weighted_nll, step_weights
 from negalign.logprobs import token_logps
 from negalign.trainers.common import (
@@ -44,6 +45,7 @@ from negalign.trainers.common import (
     ensure_dir,
     model_and_tokenizer,
     peft_config,
+    precompute_dpo_reference,
     train_and_finish,
 )
 
@@ -268,7 +270,11 @@ def awr_rows(valued: list[dict], tokenizer, eos: str, max_per_prompt: int, extra
 
 
 class PerStepDPOTrainer(DPOTrainer):
-    """TRL's DPOTrainer, except that a rejected *prefix* (``rejected_eos`` False) is not given an EOS token."""
+    """TRL's DPOTrainer, except that a rejected *prefix* (``rejected_eos`` False) is not given an EOS token, and the
+    reference log-probs of the in-memory pairs are precomputed sharded across processes."""
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        return precompute_dpo_reference(self, dataset, batch_size)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         flags = list(dataset["rejected_eos"]) if "rejected_eos" in dataset.column_names else None
@@ -303,7 +309,17 @@ class AWRCollator:
 
 class PerStepAWRTrainer(Trainer):
     """Advantage-weighted log-likelihood with per-token step advantages. Gathers chunked log-probs and calls
-    ``negalign.losses.step_weights`` / ``step_weighted_nll``; the loss is the token mean over the batch's responses."""
+    ``negalign.losses.step_weights`` / ``step_weighted_nll``; the loss is the token mean over the whole optimizer
+    batch (every gradient-accumulation micro-batch on every process), as TRL's SFT loss is, so that a run on several
+    processes or with accumulation takes the same steps as one process with the whole batch."""
+
+    loss_is_scaled_for_ga = True  # normalized by the optimizer batch's token count below
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        # scored tokens (response tokens after the first position) of the micro-batches of this optimizer step,
+        # summed over processes
+        n = sum(b["response_mask"][:, 1:].sum() for b in batch_samples).to(device)
+        return self.accelerator.gather(n).sum() if self.accelerator.num_processes > 1 else n
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask = inputs["response_mask"].clone()
@@ -311,7 +327,10 @@ class PerStepAWRTrainer(Trainer):
         logps = token_logps(model, inputs["input_ids"], inputs["attention_mask"], mask)  # [B, L]
         w = step_weights(inputs["advantages"], self.args.awr_weighting, self.args.awr_beta, self.args.awr_max_weight)
         per_token = step_weighted_nll(logps, w, mask)  # [B, L]
-        loss = per_token.sum() / mask.sum().clamp(min=1)
+        if num_items_in_batch is None:  # evaluation: this batch's token mean
+            loss = per_token.sum() / mask.sum().clamp(min=1)
+        else:  # DDP / DeepSpeed average the processes' gradients, hence the factor num_processes
+            loss = per_token.sum() * self.accelerator.num_processes / num_items_in_batch.clamp(min=1)
         if model.training:
             self._awr_log = {"awr/mean_weight": float(masked_mean(w, mask)), "awr/logp": float(masked_mean(logps.detach(), mask))}
         return (loss, {"logps": logps}) if return_outputs else loss
@@ -359,7 +378,8 @@ def prepare(recipe, config, loader, tokenizer, model_path):
             stats["mean_first_pit"] = sum(v["first_pit"] for v in neg) / len(neg)
             stats["mean_q0"] = sum(v["values"][0] for v in valued) / len(valued)
     engine.close()
-    (cache_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+    if process_state().is_main_process:
+        (cache_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     return examples, samples, valued, stats
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import textwrap
 from collections import defaultdict
@@ -38,7 +37,14 @@ from trl.trainer.base_trainer import _BaseTrainer
 from negalign import logprobs as lp
 from negalign.data import DataError
 from negalign.losses import ga_loss, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
-from negalign.trainers.common import NonFiniteLossCallback, data_loader, model_and_tokenizer, peft_config, train_and_finish
+from negalign.trainers.common import (
+    NonFiniteLossCallback,
+    data_loader,
+    model_and_tokenizer,
+    peft_config,
+    run_sharded,
+    train_and_finish,
+)
 
 FORGET_LOSSES = ("ga", "npo", "simnpo")
 RETAIN_LOSSES = ("none", "nll", "kl")
@@ -398,37 +404,35 @@ class UnlearnTrainer(_BaseTrainer):
 
     @torch.no_grad()
     def compute_reference_logps(self, dataset) -> list[float]:
-        """Batched reference pass, sharded across processes: each process scores a contiguous ``ceil(N / world)``
-        slice (the last one padded by repeating the final row, so that under ZeRO-3 every process runs the same
-        number of forwards in lockstep), then the slices are gathered so that every process holds the whole column."""
+        """Batched reference pass, sharded across processes (``run_sharded``): each process scores a contiguous slice
+        of the rows, in lockstep (ZeRO-3), and every process receives the whole column."""
         bs = self.args.ref_batch_size or 2 * self.args.per_device_train_batch_size
         device = self.accelerator.device
-        world, rank, n = self.accelerator.num_processes, self.accelerator.process_index, len(dataset)
-        per = math.ceil(n / world)
-        shard = [min(rank * per + j, n - 1) for j in range(per)]
-        out: list[float] = []
         engine = None
         if self.ref_model is None and self.is_deepspeed_enabled:
             from trl.models.utils import prepare_deepspeed
 
             engine = prepare_deepspeed(self.model, self.accelerator)
-        with self.reference() as ref:
-            model = engine if engine is not None else ref
-            was_training = model.training
-            model.eval()
-            for start in tqdm(range(0, per, bs), desc="Reference log-probs of the forget set",
-                              disable=not self.accelerator.is_local_main_process):
-                rows = dataset.select(shard[start : start + bs])
-                ids, am, cm = pad_rows(list(zip(list(rows["input_ids"]), list(rows["completion_mask"]))), self.pad_id)
-                ids, am, cm = ids.to(device), am.to(device), cm.to(device)
-                tl = lp.token_logps(model, ids, am, cm, chunk_size=self.args.logprob_chunk_size)
-                out.extend(lp.sequence_logps(tl, cm).float().cpu().tolist())
-            if was_training:
-                model.train()
-        if world == 1:
+
+        def score(shard: list[int]) -> list[float]:
+            out: list[float] = []
+            with self.reference() as ref:
+                model = engine if engine is not None else ref
+                was_training = model.training
+                model.eval()
+                for start in tqdm(range(0, len(shard), bs), desc="Reference log-probs of the forget set",
+                                  disable=not self.accelerator.is_local_main_process):
+                    rows = dataset.select(shard[start : start + bs])
+                    ids, am, cm = pad_rows(list(zip(list(rows["input_ids"]), list(rows["completion_mask"]))),
+                                           self.pad_id)
+                    ids, am, cm = ids.to(device), am.to(device), cm.to(device)
+                    tl = lp.token_logps(model, ids, am, cm, chunk_size=self.args.logprob_chunk_size)
+                    out.extend(lp.sequence_logps(tl, cm).float().cpu().tolist())
+                if was_training:
+                    model.train()
             return out
-        gathered = self.accelerator.gather(torch.tensor(out, dtype=torch.float32, device=device))  # [world * per]
-        return gathered.cpu().tolist()[:n]
+
+        return run_sharded(score, len(dataset))
 
     # ------------------------------------------------------------------ batches
     def collate(self, features: list[dict]) -> dict:
