@@ -183,6 +183,17 @@ def process_state():
     return PartialState(cpu=not accelerator_available())
 
 
+def end_processes() -> None:
+    """Leave a multi-process job cleanly: every process waits for the others (the main one may still be writing),
+    then the process group is destroyed before the interpreter exits. Left to interpreter teardown, gloo's threads
+    sometimes abort a finished process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def parse_value(text: str):
     try:
         return yaml_load(text)

@@ -10,6 +10,7 @@ template) that ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -122,6 +123,24 @@ def build_kit_model(
     tokenizer.save_pretrained(out)
     meta.write_text(json.dumps(record, indent=1))
     return str(out)
+
+
+@contextlib.contextmanager
+def unsharded_loading():
+    """Load models whole even while a ZeRO-3 training config is alive. Once a DeepSpeed ZeRO-3 ``TrainingArguments``
+    exists, ``from_pretrained`` builds every model inside ``zero.Init`` (weights partitioned across the processes),
+    which is right for the trained policy and TRL's reference but wrong for a frozen model that is only run locally:
+    a static-policy generation engine or MADPO's reward model."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 def count_parameters(model) -> int:

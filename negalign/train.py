@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from negalign.config import METHODS, describe_fields, load_recipe, method_module
+from negalign.config import METHODS, describe_fields, end_processes, load_recipe, method_module
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,4 +44,6 @@ def main(args) -> int:
     metrics = run(recipe)
     final = {k: v for k, v in metrics.items() if k != "log_history" and not isinstance(v, (list, dict))}
     print(final)
+    end_processes()
     return 0
+

@@ -37,6 +37,39 @@ def _launch(tmp_path, name, nproc, *overrides, config="zero3", recipe=NPO_TINY, 
 FP32 = ("--mixed_precision", "no")
 
 
+def _file_recipe(tmp_path, method: dict, data: dict, rows: list[dict], **training) -> Path:
+    """A recipe over a JSONL data file written from ``rows`` (D²O negatives, preference pairs) and a tiny kit model."""
+    import yaml
+
+    path = tmp_path / f"{data['name']}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / f"{method['name']}.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"kit": {"dir": str(tmp_path / "kit"), "arch": "qwen2", "size": "tiny", "vocab_size": 512}},
+        "data": {**data, "path": str(path)},
+        "method": method,
+        "training": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_strategy": "no",
+                     "gradient_checkpointing": False, "max_length": 96, "logging_steps": 1, "seed": 0, **training},
+    }))
+    return recipe
+
+
+def _d2o_recipe(tmp_path, copies: int = 1, **method) -> Path:
+    from tests.conftest import BAD, QUESTIONS
+
+    rows = [{"prompt": q, "rejected": b} for q, b in zip(QUESTIONS * copies, BAD * copies)]
+    method = {"name": "d2o", "num_anchors": 2, "anchor_max_new_tokens": 6, "anchor_batch_size": 2, **method}
+    return _file_recipe(tmp_path, method, {"name": "negatives"}, rows)
+
+
+def _madpo_recipe(tmp_path, **method) -> Path:
+    # pairs of different lengths, so that padding and per-process batches matter
+    rows = [{"prompt": f"Review {i}: the film was", "chosen": " wonderful" + " and moving" * (i % 3) + ".",
+             "rejected": " dull" + " and long" * (i % 4) + "."} for i in range(12)]
+    return _file_recipe(tmp_path, {"name": "madpo", **method}, {"name": "preference"}, rows, max_steps=3,
+                        max_length=64)
+
+
 def test_readme_zero3_command_trains_on_two_processes(shared_data, tmp_path):
     # the exact command of the README (bf16 as the shipped ZeRO-3 config asks), with the data folder of this machine
     m = _launch(tmp_path, "zero3", 2, "max_steps=4", f"data.path={shared_data / 'tofu'}")
@@ -94,20 +127,9 @@ def test_rlvr_trainer_on_two_processes(tmp_path, config):
 def test_d2o_on_two_processes_samples_the_same_anchors(tmp_path):
     # D²O samples its K anchors from the reference before training. With 2 processes each samples half of the batches
     # and rank 0 merges: the anchor file must equal a 1-process run's, and both ranks must train on it.
-    import yaml
+    from tests.conftest import QUESTIONS
 
-    from tests.conftest import BAD, QUESTIONS
-
-    data = tmp_path / "neg.jsonl"
-    data.write_text("".join(json.dumps({"prompt": q, "rejected": b}) + "\n" for q, b in zip(QUESTIONS, BAD)))
-    recipe = tmp_path / "d2o.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": {"kit": {"dir": str(tmp_path / "kit"), "arch": "qwen2", "size": "tiny", "vocab_size": 512}},
-        "data": {"name": "negatives", "path": str(data)},
-        "method": {"name": "d2o", "num_anchors": 2, "anchor_max_new_tokens": 6, "anchor_batch_size": 2},
-        "training": {"max_steps": 2, "per_device_train_batch_size": 3, "learning_rate": 1e-3, "save_strategy": "no",
-                     "gradient_checkpointing": False, "max_length": 96, "logging_steps": 1},
-    }))
+    recipe = _d2o_recipe(tmp_path)
     runs = {}
     for nproc in (1, 2):
         runs[nproc] = _launch(tmp_path, f"out{nproc}", nproc, config="multi_gpu", recipe=recipe, extra_launch=FP32)
@@ -158,31 +180,13 @@ def test_perstep_two_processes_match_one_process(tmp_path, method):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the 2-process run trained
 
 
-def _madpo_recipe(tmp_path, method: dict) -> Path:
-    import yaml
-
-    rows = [{"prompt": f"Review {i}: the film was", "chosen": " wonderful" + " and moving" * (i % 3) + ".",
-             "rejected": " dull" + " and long" * (i % 4) + "."} for i in range(12)]
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = tmp_path / f"{method['name']}.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": {"kit": {"dir": str(tmp_path / "kit"), "arch": "qwen2", "size": "tiny", "vocab_size": 512}},
-        "data": {"name": "preference", "path": str(data)},
-        "method": method,
-        "training": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "save_strategy": "no",
-                     "logging_steps": 1, "gradient_checkpointing": False, "max_length": 64, "seed": 0},
-    }))
-    return recipe
-
-
 def test_madpo_two_processes_match_one_process(tmp_path):
     # MADPO's margins come from one reward-model pass sharded across the processes (each scores half of the pairs,
     # all receive every margin); TRL's DPO precomputes the reference log-probs sharded too. At the same global batch
     # (2 x 2 vs 1 x 4) the weights and the losses must match the 1-process run.
-    _launch(tmp_path, "rm", 1, config="multi_gpu", recipe=_madpo_recipe(tmp_path, {"name": "madpo_reward"}),
+    _launch(tmp_path, "rm", 1, "method.name=madpo_reward", config="multi_gpu", recipe=_madpo_recipe(tmp_path),
             extra_launch=FP32)
-    recipe = _madpo_recipe(tmp_path, {"name": "madpo", "reward_model": str(tmp_path / "rm"), "reward_batch_size": 2})
+    recipe = _madpo_recipe(tmp_path, reward_model=str(tmp_path / "rm"), reward_batch_size=2)
     runs = {n: _launch(tmp_path, f"out{n}", n, f"training.per_device_train_batch_size={4 // n}", config="multi_gpu",
                        recipe=recipe, extra_launch=FP32) for n in (2, 1)}
     # 12 pairs in batches of 2: 6 reward-model forwards in one process, 3 on each of two
@@ -198,23 +202,9 @@ def test_d2o_online_refresh_is_sharded_under_zero3(tmp_path):
     # Online D²O re-samples the anchors from the policy (weights gathered under ZeRO-3) after every step. With two
     # processes each samples half of the generation batches and scores half of the reference rows; the losses must
     # match a 1-process run at the same global batch, i.e. both layouts train on the same refreshed anchors.
-    import yaml
-
-    from tests.conftest import BAD, QUESTIONS
-
-    data = tmp_path / "neg.jsonl"
-    data.write_text("".join(json.dumps({"prompt": q, "rejected": b}) + "\n" for q, b in zip(QUESTIONS * 2, BAD * 2)))
-    recipe = tmp_path / "d2o.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": {"kit": {"dir": str(tmp_path / "kit"), "arch": "qwen2", "size": "tiny", "vocab_size": 512}},
-        "data": {"name": "negatives", "path": str(data)},
-        "method": {"name": "d2o", "num_anchors": 2, "anchor_max_new_tokens": 6, "anchor_batch_size": 3,
-                   "online_refresh_steps": 1},
-        "training": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "save_strategy": "no",
-                     "gradient_checkpointing": False, "max_length": 96, "logging_steps": 1, "seed": 0},
-    }))
-    runs = {n: _launch(tmp_path, f"out{n}", n, f"training.per_device_train_batch_size={4 // n}", recipe=recipe,
-                       extra_launch=FP32) for n in (2, 1)}
+    recipe = _d2o_recipe(tmp_path, copies=2, anchor_batch_size=3, online_refresh_steps=1)
+    runs = {n: _launch(tmp_path, f"out{n}", n, f"training.per_device_train_batch_size={4 // n}", "max_steps=3",
+                       recipe=recipe, extra_launch=FP32) for n in (2, 1)}
     assert runs[2]["deepspeed_zero_stage"] == 3 and runs[2]["world_size"] == 2
     assert runs[1]["anchor_refreshes"] == runs[2]["anchor_refreshes"] == 2  # after steps 1 and 2, not after the last
     # 12 prompts in 4 generation batches of 3: the main process samples batches 0 and 2 in each refresh
@@ -222,3 +212,49 @@ def test_d2o_online_refresh_is_sharded_under_zero3(tmp_path):
     assert runs[2]["anchor_refresh_prompts_sampled_by_main_process"] == 2 * 6
     l1, l2 = ([h["loss"] for h in runs[n]["log_history"] if "loss" in h] for n in (1, 2))
     assert len(l1) == 3 and l1 == pytest.approx(l2, rel=1e-4)
+
+
+LORA = ("peft.r=4", "peft.lora_alpha=8", "peft.target_modules=[q_proj,v_proj]")
+
+
+@pytest.mark.parametrize("method, config, peft", [
+    ("sft", "zero3", False),
+    ("nsr", "zero3", False),
+    ("nft", "zero2", True),
+    ("rft", "zero2", False),
+    ("perstep_dpo", "zero3", True),
+    ("d2o", "zero2", True),
+    ("madpo", "zero3", False),
+])
+def test_trainer_under_another_layout(shared_data, tmp_path, method, config, peft):
+    # Each trainer in a layout the tests above do not cover (every trainer then runs under DDP or ZeRO-2, and under
+    # ZeRO-3 or with LoRA): it must train on 2 processes and change the trained weights (LoRA: the adapter).
+    from safetensors.torch import load_file
+
+    recipe, extra = {
+        "sft": ("recipes/quickstart/sft_tofu_tiny.yaml", [f"data.path={shared_data / 'tofu'}", "max_samples=32",
+                                                          "max_steps=2", "per_device_train_batch_size=4", "logging_steps=1"]),
+        "nsr": ("recipes/quickstart/nsr_arith_tiny.yaml", ["method.name=nsr", "max_steps=2"]),
+        "nft": ("recipes/quickstart/nft_arith_tiny.yaml", ["max_steps=2", "dynamic_filtering=false"]),
+        "rft": (PERSTEP_TINY, ["method.name=rft"]),
+        "perstep_dpo": (PERSTEP_TINY, ["training.per_device_train_batch_size=2"]),
+        "d2o": (None, []),
+        "madpo": (None, []),
+    }[method]
+    if method == "d2o":
+        recipe = _d2o_recipe(tmp_path)
+    elif method == "madpo":  # the reward model is trained first (DDP), then MADPO loads it whole on each process
+        _launch(tmp_path, "rm", 2, "method.name=madpo_reward", config="multi_gpu", recipe=_madpo_recipe(tmp_path),
+                extra_launch=FP32)
+        recipe = _madpo_recipe(tmp_path, reward_model=str(tmp_path / "rm"))
+    m = _launch(tmp_path, "out", 2, *extra, *(LORA if peft else ()), config=config, recipe=recipe, extra_launch=FP32)
+    assert m["world_size"] == 2 and m["deepspeed_zero_stage"] == int(config[-1])
+    losses = [h["loss"] for h in m["log_history"] if "loss" in h]
+    assert losses and all(math.isfinite(x) for x in losses)
+    out = tmp_path / "out"
+    if peft:  # LoRA's B matrices start at zero: a trained adapter has moved them
+        adapter = load_file(out / "adapter_model.safetensors")
+        assert any(k.endswith("lora_B.weight") and adapter[k].abs().max() > 0 for k in adapter)
+    else:
+        before, after = load_file(tmp_path / "kit" / "model.safetensors"), load_file(out / "model.safetensors")
+        assert any(not torch.equal(before[k], after[k]) for k in before if k in after)

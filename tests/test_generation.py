@@ -101,3 +101,31 @@ def test_generate_under_accelerate_two_processes_equals_one(kit_path, tmp_path):
     assert [r["id"] for r in b] == list(range(len(PROMPTS)))
     assert a == b
     assert (tmp_path / "two.jsonl.shard1of2").exists()  # each process wrote (and can resume) its own shard
+
+
+@pytest.mark.parametrize("visible, local_rank, expected", [(None, "1", "1"), ("4,5,6,7", "2", "6")])
+def test_vllm_engine_is_pinned_to_its_process_gpu(monkeypatch, visible, local_rank, expected):
+    # One vLLM engine per process of a multi-GPU launch must start on that process's GPU (vLLM reads
+    # CUDA_VISIBLE_DEVICES), and the variable must be restored afterwards, unset when it was unset. There is no GPU
+    # here: torch.cuda's availability and device count are faked, the logic under test is negalign's own.
+    import os
+
+    import torch
+
+    from negalign.generation import _pin_to_local_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert _pin_to_local_gpu(tensor_parallel_size=2) is None  # a tensor-parallel engine spans several GPUs
+    restore = _pin_to_local_gpu(tensor_parallel_size=1)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == expected
+    restore()
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert _pin_to_local_gpu(tensor_parallel_size=1) is None  # one process: the engine takes the visible GPUs

@@ -51,8 +51,11 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, (str, os.PathLike)):
+            from negalign.models import unsharded_loading
+
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
+            with unsharded_loading():  # a whole copy on each process, also during a ZeRO-3 run
+                model = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
         if tokenizer is None:
             raise GenerationError("HFEngine needs a tokenizer when given a model object")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,6 +88,9 @@ class HFEngine:
                 num_return_sequences=cfg.n,
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
+                # the engine's model is a whole local copy: never wait for other processes (transformers syncs them
+                # whenever a ZeRO-3 config is alive, and processes generate different numbers of batches)
+                synced_gpus=False,
             )
         texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         return [texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(prompts))]
@@ -107,6 +113,7 @@ class VLLMEngine:
             # default (0.92) fails whenever anything else holds memory. NEGALIGN_VLLM_CPU_MEMORY_FRACTION overrides.
             engine_kwargs.setdefault("gpu_memory_utilization",
                                      float(os.environ.get("NEGALIGN_VLLM_CPU_MEMORY_FRACTION", "0.2")))
+        pinned = _pin_to_local_gpu(engine_kwargs.get("tensor_parallel_size", 1))
         try:
             self.llm = LLM(model=str(model_path), **engine_kwargs)
         except RuntimeError as e:
@@ -117,6 +124,9 @@ class VLLMEngine:
                     "NEGALIGN_VLLM_CPU_MEMORY_FRACTION if the log says the memory reservation failed"
                 ) from e
             raise
+        finally:
+            if pinned is not None:  # the engine process has started with it; this process keeps its own view
+                pinned()
 
     def sample(self, prompts: list[str], cfg: SamplingConfig, seed: int) -> list[list[str]]:
         from vllm import SamplingParams
@@ -130,6 +140,29 @@ class VLLMEngine:
         ]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[c.text for c in o.outputs] for o in outs]
+
+
+def _pin_to_local_gpu(tensor_parallel_size: int):
+    """Inside a multi-GPU launch (``accelerate launch`` / ``torchrun``: one process per GPU), give each process's vLLM
+    engine that process's GPU. vLLM places its engine by ``CUDA_VISIBLE_DEVICES``, which every process inherits whole,
+    so without this all the engines start on the first GPU. Returns a function restoring the previous value (call it
+    once the engine process has been spawned), or None when nothing was changed. Not exercised on a GPU here."""
+    import torch
+
+    local_rank, local_world = os.environ.get("LOCAL_RANK"), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_rank is None or local_world < 2 or tensor_parallel_size != 1 or not torch.cuda.is_available():
+        return None
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = previous.split(",") if previous else [str(i) for i in range(torch.cuda.device_count())]
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(local_rank) % len(devices)]
+
+    def restore():
+        if previous is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+    return restore
 
 
 def make_engine(model, backend: str = "auto", tokenizer=None, **engine_kwargs):
@@ -193,13 +226,16 @@ def generate(
     progress: bool = True,
     num_shards: int = 1,
     shard_index: int = 0,
+    engine_kwargs: dict | None = None,
 ) -> list[dict]:
     """Sample ``n`` completions for each prompt. Returns one row per prompt: ``{"id", "prompt", "completions"}``.
 
     ``model``: a folder/Hub id or a loaded model (then pass ``tokenizer``); or pass a ready ``engine``.
     ``output_path``: a JSONL file to append finished batches to and resume from (see the module docstring).
     ``num_shards`` / ``shard_index``: generate only the batches ``b`` with ``b % num_shards == shard_index`` (each
-    still seeded with ``seed + b``, so the shards together equal the one-process run); returns only those rows."""
+    still seeded with ``seed + b``, so the shards together equal the one-process run); returns only those rows.
+    ``engine_kwargs``: passed to the engine built from ``model`` (vLLM: ``tensor_parallel_size``,
+    ``gpu_memory_utilization``, ``max_model_len``, ...)."""
     cfg = SamplingConfig(n, max_new_tokens, temperature, top_p, seed, batch_size, min_new_tokens)
     path = Path(output_path) if output_path is not None else None
     done = _read_done(path, cfg, prompts) if path else {}
@@ -217,7 +253,7 @@ def generate(
                 f.write(json.dumps({"id": i, "prompt": prompts[i], "completions": done[i]}) + "\n")
         done = {i: done[i] for i in complete}
     if todo and engine is None:
-        engine = make_engine(model, backend, tokenizer)
+        engine = make_engine(model, backend, tokenizer, **(engine_kwargs or {}))
     total = sum(len(batches[b]) for b in mine)
     bar = tqdm(total=total, initial=total - sum(len(batches[b]) for b in todo),
                desc=f"generate x{n}", disable=not progress, unit="prompt")

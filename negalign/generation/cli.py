@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16, help="Prompts per batch.")
     parser.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"])
+    parser.add_argument("--tensor-parallel-size", type=int, default=None,
+                        help="vLLM: GPUs per engine (one process; without it, one engine per launched process).")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=None,
+                        help="vLLM: fraction of each GPU's memory the engine may take (vLLM's default 0.9).")
     parser.add_argument("--max-prompts", type=int, default=None, help="Only the first N prompts.")
 
 
@@ -44,6 +48,11 @@ def main(args) -> int:
     prompts = [format_prompt(r[args.prompt_field], tokenizer) if args.chat else r[args.prompt_field] for r in rows]
     generate_distributed(args.model, prompts, n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
              top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, backend=args.backend,
-             output_path=args.output, tokenizer=tokenizer)  # shards itself under accelerate launch / torchrun
+             output_path=args.output, tokenizer=tokenizer,  # shards itself under accelerate launch / torchrun
+             engine_kwargs={k: v for k, v in (("tensor_parallel_size", args.tensor_parallel_size),
+                                              ("gpu_memory_utilization", args.gpu_memory_utilization)) if v is not None})
     print(f"wrote {len(prompts)} prompts x {args.n} samples to {args.output}")
+    from negalign.config import end_processes
+
+    end_processes()
     return 0

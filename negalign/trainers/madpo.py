@@ -325,7 +325,10 @@ def load_reward_model(path: str, dtype=None):
     kwargs = {"num_labels": 1}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    from negalign.models import unsharded_loading
+
+    with unsharded_loading():  # run locally on each process's slice of the pairs, also during a ZeRO-3 run
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
