@@ -174,26 +174,6 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-def process_state():
-    """accelerate's process state for this job. On a machine without an accelerator it must be created with
-    ``cpu=True``: otherwise a multi-process launch (``--multi_gpu``, torchrun) falls back to one process per rank, and,
-    the state being a singleton, so would the trainer built after it."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not accelerator_available())
-
-
-def end_processes() -> None:
-    """Leave a multi-process job cleanly: every process waits for the others (the main one may still be writing),
-    then the process group is destroyed before the interpreter exits. Left to interpreter teardown, gloo's threads
-    sometimes abort a finished process ("terminate called without an active exception")."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def parse_value(text: str):
     try:
         return yaml_load(text)

@@ -158,7 +158,7 @@ def load_model_and_tokenizer(model_section: dict, corpus=None, dtype: str | None
     if kit is not None:
         if corpus is None:
             raise ValueError("model.kit needs data whose loader provides texts() to train the tokenizer on")
-        from negalign.config import process_state
+        from negalign.distributed import process_state
 
         kit = dict(kit)
         with process_state().main_process_first():  # under accelerate launch, rank 0 builds and the others reuse

@@ -180,7 +180,7 @@ def estimate_step_values(
             "correct": correct,
         })
     if cache_dir is not None:
-        from negalign.config import process_state
+        from negalign.distributed import process_state
 
         state = process_state()  # every process holds the same rows: the main process writes them
         if state.is_main_process:

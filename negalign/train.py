@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from negalign.config import METHODS, describe_fields, end_processes, load_recipe, method_module
+from negalign.config import METHODS, describe_fields, load_recipe, method_module
+from negalign.distributed import end_processes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -82,9 +82,19 @@ def test_two_processes_match_one_process_at_same_global_batch(shared_data, tmp_p
     # Same global batch (2 x 4 vs 1 x 8), float32, NPO without a retain term (retain partners are drawn per process
     # on purpose, so NPO+RT batches differ between layouts). DDP/ZeRO average the per-process mean losses and
     # gradients, which equals the 8-row mean: losses must agree up to float32 reduction-order noise.
-    common = ("method.name=npo", "max_steps=3", f"data.path={shared_data / 'tofu'}")
+    # The in-training TOFU evaluation (before step 1 and after step 3) runs sharded too: under ZeRO-3 each process
+    # gathers the parameters and evaluates its slice of each split; the results must equal the 1-process ones.
+    common = ("method.name=npo", "max_steps=3", f"data.path={shared_data / 'tofu'}", "tofu_eval_steps=[0,3]",
+              "tofu_eval_max_items=6")
     two = _launch(tmp_path, "two", 2, "per_device_train_batch_size=4", *common, extra_launch=FP32)
     one = _launch(tmp_path, "one", 1, "per_device_train_batch_size=8", *common, extra_launch=FP32)
+    for step in (0, 3):
+        e2, e1 = (json.loads((tmp_path / run / "tofu_eval" / f"step-{step}" / "results.json").read_text())
+                  for run in ("two", "one"))
+        assert len(e2["items"]["forget"]) == len(e2["items"]["retain"]) == 6
+        assert e2["metrics"].keys() == e1["metrics"].keys()
+        for key, value in e1["metrics"].items():
+            assert e2["metrics"][key] == (value if value is None else pytest.approx(value, rel=1e-4, abs=1e-7)), key
     l2 = [h["loss"] for h in two["log_history"] if "loss" in h]
     l1 = [h["loss"] for h in one["log_history"] if "loss" in h]
     assert len(l1) == len(l2) == 3

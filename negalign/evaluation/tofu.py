@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from negalign.distributed import end_processes, process_state, run_sharded
 from negalign.data import DataError
 from negalign.data.core import format_prompt
 from negalign.data.tofu import read_split
@@ -174,6 +175,7 @@ def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 32,
         gen = model.generate(
             input_ids=ids.to(device), attention_mask=am.to(device), do_sample=False, max_new_tokens=max_new_tokens,
             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+            synced_gpus=False,  # a whole local model (gathered under ZeRO-3 by TofuEvalCallback): no lockstep
         )
         for j, i in enumerate(idx):
             out[i] = tokenizer.decode(gen[j, L:], skip_special_tokens=True).strip()
@@ -224,7 +226,12 @@ def evaluate_split(model, tokenizer, kind: str, rows: list[dict], batch_size: in
             texts_a.append(str(ans))
             owner.append(i)
             role.append(role_name)
-    sums, lens = score_answers(model, tokenizer, texts_p, texts_a, batch_size, desc=f"scoring {kind}", progress=progress)
+    # under several processes each scores / generates its slice of the texts and all receive every value
+    scored = run_sharded(lambda idx: list(zip(*score_answers(
+        model, tokenizer, [texts_p[i] for i in idx], [texts_a[i] for i in idx], batch_size, desc=f"scoring {kind}",
+        progress=progress))), len(texts_p))
+    sums = np.array([v[0] for v in scored], dtype=np.float64)
+    lens = np.array([v[1] for v in scored], dtype=np.int64)
     norm_logp = sums / np.maximum(lens, 1)
     items = [{"question": r["question"], "answer": r["answer"], "perturbed_norm_logps": []} for r in rows]
     for k, i in enumerate(owner):
@@ -243,7 +250,8 @@ def evaluate_split(model, tokenizer, kind: str, rows: list[dict], batch_size: in
             it["prob"] = option_probability(math.exp(it["answer_norm_logp"]), np.exp(it["perturbed_norm_logps"]))
         it["truth_ratio"] = truth_ratio(correct, it["perturbed_norm_logps"])
     if generate:
-        gens = generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens, progress=progress)
+        gens = run_sharded(lambda idx: generate_answers(model, tokenizer, [prompts[i] for i in idx], batch_size,
+                                                        max_new_tokens, progress=progress), len(prompts))
         for it, g in zip(items, gens):
             it["generated"] = g
             it["rouge_l_recall"] = rouge_l_recall(g, it["answer"])
@@ -340,10 +348,26 @@ def write_eval(output_dir, result: dict, **extra) -> Path:
                          data=result["data"], items=result["items"], **extra)
 
 
-class TofuEvalCallback(TrainerCallback):
-    """Run the TOFU evaluation at chosen global steps during training (main process; ``history`` keeps summaries).
+def _whole_parameters(model):
+    """Under DeepSpeed ZeRO-3 a context in which every process holds all of ``model``'s parameters (a collective:
+    every process enters it); otherwise a no-op."""
+    import contextlib
 
-    ``steps`` may include 0 (before the first update). Results go to ``output_dir/step-N/results.json``."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+
+class TofuEvalCallback(TrainerCallback):
+    """Run the TOFU evaluation at chosen global steps during training (``history`` keeps summaries).
+
+    ``steps`` may include 0 (before the first update). Results go to ``output_dir/step-N/results.json``. Under several
+    processes every process evaluates its slice of each split (under ZeRO-3 with the parameters gathered), so no
+    process idles at a collective while another evaluates; the main process writes the results."""
 
     def __init__(self, data_path, forget_split, steps, tokenizer, retain_results=None, max_items=None,
                  output_dir=None, batch_size=32, max_new_tokens=64, system_prompt=None, progress=False):
@@ -355,12 +379,12 @@ class TofuEvalCallback(TrainerCallback):
         load_eval_rows(data_path, forget_split, max_items=1)  # fail early on bad data
 
     def _run(self, state, model):
-        if not state.is_world_process_zero:
-            return
-        res = evaluate_tofu(model, self.tokenizer, self.data_path, self.forget_split, self.retain_results,
-                            self.max_items, self.batch_size, self.max_new_tokens, self.system_prompt, self.progress)
+        with _whole_parameters(model):
+            res = evaluate_tofu(model, self.tokenizer, self.data_path, self.forget_split, self.retain_results,
+                                self.max_items, self.batch_size, self.max_new_tokens, self.system_prompt,
+                                self.progress and state.is_world_process_zero)
         self.history.append({"step": state.global_step, **res["summary"]})
-        if self.output_dir:
+        if self.output_dir and state.is_world_process_zero:
             write_eval(Path(self.output_dir) / f"step-{state.global_step}", res, step=state.global_step)
         state.log_history.append({"step": state.global_step, **{f"tofu/{k}": v for k, v in res["summary"].items()}})
 
@@ -397,8 +421,7 @@ def _load(path: str, dtype: str):
     from negalign.models import load_model_and_tokenizer
 
     model, tok, _ = load_model_and_tokenizer({"name_or_path": path, "dtype": dtype})
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    model = model.to(process_state().device)  # this process's GPU under accelerate launch, else cuda:0 / the CPU
     return model, tok
 
 
@@ -412,12 +435,16 @@ def main(args) -> int:
     if args.retain_model:
         reference, ref_tok = _load(args.retain_model, args.dtype)
         reference._negalign_tokenizer = ref_tok
+    # under accelerate launch each process evaluates its slice of every split; the main process writes
+    state = process_state()
     result = evaluate_tofu(model, tok, args.data, args.forget_split, reference, args.max_items, args.batch_size,
-                           args.max_new_tokens, args.system_prompt)
-    path = write_eval(args.output_dir, result, model=args.model,
-                      retain_reference=args.retain_model or args.retain_results)
-    s = result["summary"]
-    keys = ["forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio"]
-    print("  ".join(f"{k}={s.get(k):.4g}" if isinstance(s.get(k), float) else f"{k}={s.get(k)}" for k in keys))
-    print(f"wrote {path}")
+                           args.max_new_tokens, args.system_prompt, progress=state.is_main_process)
+    if state.is_main_process:
+        path = write_eval(args.output_dir, result, model=args.model,
+                          retain_reference=args.retain_model or args.retain_results)
+        s = result["summary"]
+        keys = ["forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio"]
+        print("  ".join(f"{k}={s.get(k):.4g}" if isinstance(s.get(k), float) else f"{k}={s.get(k)}" for k in keys))
+        print(f"wrote {path}")
+    end_processes()
     return 0

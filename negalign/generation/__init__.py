@@ -278,7 +278,7 @@ def generate_distributed(model, prompts: list[str], output_path: str | os.PathLi
     takes every ``w``-th batch into ``OUTPUT.shard{r}of{w}`` (resumable), then the main process merges the shards
     into ``output_path``. The merged file equals a one-process run's. With one process, or without an output file
     (every process then samples everything itself), it is plain ``generate``."""
-    from negalign.config import process_state
+    from negalign.distributed import process_state
 
     state = process_state()
     if state.num_processes == 1 or output_path is None:

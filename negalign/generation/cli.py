@@ -52,7 +52,7 @@ def main(args) -> int:
              engine_kwargs={k: v for k, v in (("tensor_parallel_size", args.tensor_parallel_size),
                                               ("gpu_memory_utilization", args.gpu_memory_utilization)) if v is not None})
     print(f"wrote {len(prompts)} prompts x {args.n} samples to {args.output}")
-    from negalign.config import end_processes
+    from negalign.distributed import end_processes
 
     end_processes()
     return 0

@@ -9,6 +9,7 @@ from transformers import TrainerCallback
 
 from negalign.data import LOADERS
 from negalign.models import load_model_and_tokenizer
+from negalign.distributed import run_sharded
 from negalign.results import write_results
 
 
@@ -78,28 +79,6 @@ def train_and_finish(trainer, recipe, extra_metrics: dict | None = None, resume=
 
             push(recipe.output_dir, repo_id=recipe.output["repo_id"], private=bool(recipe.output.get("private")))
     return metrics
-
-
-def run_sharded(compute, n: int) -> list:
-    """Compute a frozen column of ``n`` values across the processes of the job, each value once.
-
-    Process ``r`` of ``w`` calls ``compute(indices)`` on its contiguous slice of ``ceil(n / w)`` indices of
-    ``range(n)`` (the last slice padded by repeating index ``n - 1``, so that every process runs the same number of
-    batches: forwards of a ZeRO-3-sharded model are collective) and must return one value per index. Every process
-    gets all ``n`` values back, in order. With one process this is ``compute(list(range(n)))``."""
-    from negalign.config import process_state
-
-    state = process_state()
-    world, rank = state.num_processes, state.process_index
-    per = math.ceil(n / world) if n else 0
-    values = list(compute([min(rank * per + j, n - 1) for j in range(per)]))
-    if len(values) != per:
-        raise ValueError(f"run_sharded: compute returned {len(values)} values for {per} indices")
-    if world == 1:
-        return values
-    from accelerate.utils import gather_object
-
-    return gather_object(values)[:n]  # the slices, in process order
 
 
 def precompute_dpo_reference(trainer, dataset, batch_size: int):

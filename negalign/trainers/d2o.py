@@ -34,6 +34,7 @@ from trl.data_utils import _tokenize, common_prefix_length
 from trl.trainer.utils import pad
 
 from negalign.data import DataError
+from negalign.distributed import run_sharded
 from negalign.generation import generate, generate_distributed, make_engine, read_generations
 from negalign.losses import d2o_loss
 from negalign.trainers.common import (
@@ -42,7 +43,6 @@ from negalign.trainers.common import (
     model_and_tokenizer,
     peft_config,
     reference_model,
-    run_sharded,
     train_and_finish,
 )
 

@@ -29,8 +29,9 @@ from trl.data_utils import _tokenize
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
-from negalign.config import RecipeError, accelerator_available, process_state
+from negalign.config import RecipeError, accelerator_available
 from negalign.data import DataError
+from negalign.distributed import process_state, run_sharded
 from negalign.losses import madpo_loss, madpo_weights
 from negalign.trainers.common import (
     NonFiniteLossCallback,
@@ -39,7 +40,6 @@ from negalign.trainers.common import (
     peft_config,
     precompute_dpo_reference,
     reference_model,
-    run_sharded,
     train_and_finish,
 )
 

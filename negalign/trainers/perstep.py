@@ -36,7 +36,7 @@ import torch
 from transformers import Trainer
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from negalign.config import process_state
+from negalign.distributed import process_state
 from negalign.losses import masked_mean, step_weighted_nll, step_weights
 from negalign.logprobs import token_logps
 from negalign.trainers.common import (

@@ -36,13 +36,13 @@ from trl.trainer.base_trainer import _BaseTrainer
 
 from negalign import logprobs as lp
 from negalign.data import DataError
+from negalign.distributed import run_sharded
 from negalign.losses import ga_loss, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
 from negalign.trainers.common import (
     NonFiniteLossCallback,
     data_loader,
     model_and_tokenizer,
     peft_config,
-    run_sharded,
     train_and_finish,
 )
 
@@ -593,7 +593,8 @@ class UnlearnTrainer(_BaseTrainer):
 
 def train(recipe) -> dict:
     """Train an unlearning recipe (data.name tofu, or any loader with ``load_unlearning``); returns the metrics."""
-    from negalign.config import RecipeError, process_state
+    from negalign.config import RecipeError
+    from negalign.distributed import process_state
 
     loader = data_loader(recipe)
     if not hasattr(loader, "load_unlearning"):
