@@ -242,7 +242,7 @@ def _plot(path: Path, summaries: dict, curves: dict) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("model utility")
     ax.set_ylabel("forget quality (KS p-value, log)")
-    ax.set_title("Miniature TOFU forget01: forget quality vs model utility over unlearning")
+    ax.set_title("Miniature TOFU forget01: forget quality vs model utility", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
