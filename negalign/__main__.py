@@ -2,4 +2,5 @@ import sys
 
 from negalign.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # vLLM spawns processes that re-import the main module
+    sys.exit(main())

@@ -25,6 +25,7 @@ PY="${PYTHON:-python3.11}"
 "$VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec
 # negalign itself, without touching the venv's torch/transformers (its generate CLI needs pyyaml + datasets' reader)
 "$VENV/bin/pip" install pyyaml
+"$VENV/bin/pip" install --no-deps "accelerate==1.15.0"   # process state for multi-process generation (torchrun)
 "$VENV/bin/pip" install --no-deps -e "$ROOT"
 "$VENV/bin/python" -c "import vllm, transformers, torch; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
 echo "export NEGALIGN_VLLM_PYTHON=$VENV/bin/python"

