@@ -47,4 +47,3 @@ def main(args) -> int:
     print(final)
     end_processes()
     return 0
-

@@ -34,10 +34,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from negalign.distributed import end_processes, process_state, run_sharded
 from negalign.data import DataError
 from negalign.data.core import format_prompt
 from negalign.data.tofu import read_split
+from negalign.distributed import end_processes, process_state, run_sharded
 
 EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts")
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")

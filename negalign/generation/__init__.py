@@ -61,12 +61,14 @@ class HFEngine:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self.prompts_sampled = 0  # by this engine, over all calls
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def sample(self, prompts: list[str], cfg: SamplingConfig, seed: int) -> list[list[str]]:
         import torch
 
+        self.prompts_sampled += len(prompts)
         tok = self.tokenizer
         side = tok.padding_side
         tok.padding_side = "left"
@@ -275,18 +277,24 @@ def generate(
 
 def generate_distributed(model, prompts: list[str], output_path: str | os.PathLike | None, **kwargs) -> list[dict]:
     """``generate`` across the processes of an ``accelerate launch`` / ``torchrun`` job: process ``r`` of ``w``
-    takes every ``w``-th batch into ``OUTPUT.shard{r}of{w}`` (resumable), then the main process merges the shards
-    into ``output_path``. The merged file equals a one-process run's. With one process, or without an output file
-    (every process then samples everything itself), it is plain ``generate``."""
+    takes every ``w``-th batch, and every process returns all the rows, equal to a one-process run's. With
+    ``output_path`` each process writes its batches to ``OUTPUT.shard{r}of{w}`` (resumable) and the main process
+    merges the shards into ``output_path``; without it the rows are exchanged in memory. With one process it is plain
+    ``generate``."""
     from negalign.distributed import process_state
 
     state = process_state()
-    if state.num_processes == 1 or output_path is None:
+    if state.num_processes == 1:
         return generate(model, prompts, output_path=output_path, **kwargs)
+    kwargs["progress"] = kwargs.get("progress", True) and state.is_local_main_process
+    shard_of = dict(num_shards=state.num_processes, shard_index=state.process_index)
+    if output_path is None:
+        from accelerate.utils import gather_object
+
+        return sorted(gather_object(generate(model, prompts, **shard_of, **kwargs)), key=lambda r: r["id"])
     out = Path(output_path)
     shard = out.with_name(f"{out.name}.shard{state.process_index}of{state.num_processes}")
-    generate(model, prompts, output_path=shard, num_shards=state.num_processes, shard_index=state.process_index,
-             progress=kwargs.pop("progress", True) and state.is_local_main_process, **kwargs)
+    generate(model, prompts, output_path=shard, **shard_of, **kwargs)
     state.wait_for_everyone()
     if state.is_main_process:
         shards = [out.with_name(f"{out.name}.shard{r}of{state.num_processes}") for r in range(state.num_processes)]

@@ -8,8 +8,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from negalign.data import LOADERS
-from negalign.models import load_model_and_tokenizer
 from negalign.distributed import run_sharded
+from negalign.models import load_model_and_tokenizer
 from negalign.results import write_results
 
 
@@ -81,6 +81,20 @@ def train_and_finish(trainer, recipe, extra_metrics: dict | None = None, resume=
     return metrics
 
 
+def dpo_reference_scorer(trainer):
+    """The model a ``DPOTrainer`` subclass scores reference log-probs with: its reference model, else the policy (with
+    PEFT, ``compute_ref_log_probs`` turns the adapters off). Before training under DeepSpeed the policy is not yet an
+    engine (under ZeRO-3 its weights are sharded), so it is scored through an inference engine, built once, as
+    TRL's own precompute does."""
+    if trainer.ref_model is None and trainer.is_deepspeed_enabled and not trainer.is_in_train:
+        from trl.models.utils import prepare_deepspeed
+
+        if trainer._precompute_engine is None:
+            trainer._precompute_engine = prepare_deepspeed(trainer.model, trainer.accelerator)
+        return trainer._precompute_engine
+    return trainer.ref_model or trainer.model
+
+
 def precompute_dpo_reference(trainer, dataset, batch_size: int):
     """``DPOTrainer``'s reference precompute (``ref_chosen_logps`` / ``ref_rejected_logps`` columns), sharded with
     ``run_sharded`` and kept in memory. TRL's own version writes a cache file named after the dataset's cache folder,
@@ -90,16 +104,7 @@ def precompute_dpo_reference(trainer, dataset, batch_size: int):
     import torch
     from tqdm.auto import tqdm
 
-    if trainer.ref_model is None and trainer.is_deepspeed_enabled:
-        # before training the policy is not yet a DeepSpeed engine (under ZeRO-3 its weights are sharded): score it
-        # through an inference engine, as TRL does
-        from trl.models.utils import prepare_deepspeed
-
-        if trainer._precompute_engine is None:
-            trainer._precompute_engine = prepare_deepspeed(trainer.model, trainer.accelerator)
-        model = trainer._precompute_engine
-    else:
-        model = trainer.ref_model or trainer.model
+    model = dpo_reference_scorer(trainer)
     device = trainer.accelerator.device
 
     def score(shard: list[int]) -> list[tuple[float, float]]:

@@ -20,14 +20,12 @@ chosen and the negative as rejected (checked in tests/test_d2o.py).
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 from trl.data_utils import _tokenize, common_prefix_length
@@ -35,11 +33,12 @@ from trl.trainer.utils import pad
 
 from negalign.data import DataError
 from negalign.distributed import run_sharded
-from negalign.generation import generate, generate_distributed, make_engine, read_generations
+from negalign.generation import generate_distributed, make_engine, read_generations
 from negalign.losses import d2o_loss
 from negalign.trainers.common import (
     NonFiniteLossCallback,
     data_loader,
+    dpo_reference_scorer,
     model_and_tokenizer,
     peft_config,
     reference_model,
@@ -258,30 +257,26 @@ class D2OTrainer(DPOTrainer):
         """Online D²O: re-sample K anchors per prompt from the current policy and recompute the reference log-probs of
         the new anchors only. Takes effect from the next step (a batch collated earlier is re-collated).
 
-        Under several processes each samples every ``world``-th generation batch (batch ``b`` is seeded alike in any
-        layout) with the full weights (gathered under ZeRO-3), the rows are exchanged, and the reference pass is
-        sharded too: the refresh costs each process ``1 / world`` of the one-process work."""
-        from accelerate.utils import gather_object
+        Under several processes ``generate_distributed`` has each sample every ``world``-th generation batch (batch
+        ``b`` is seeded alike in any layout) with the full weights (gathered under ZeRO-3) and exchanges the rows, and
+        the reference pass is sharded too: the refresh costs each process ``1 / world`` of the one-process work."""
         from trl.models.utils import unwrap_model_for_generation
 
         from negalign.generation import HFEngine
 
         args = self.args
         data = self.train_dataset
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                          gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs) as policy:
             was_training = policy.training
             engine = HFEngine(policy, self._tokenizer, device=str(self.accelerator.device))
-            rows = generate(None, list(data["prompt"]), n=self.num_anchors, max_new_tokens=args.anchor_max_new_tokens,
-                            temperature=args.anchor_temperature, top_p=args.anchor_top_p,
-                            seed=args.anchor_seed + 1_000_003 * (self.anchor_refreshes + 1),
-                            batch_size=args.anchor_batch_size, engine=engine, progress=False,
-                            num_shards=world, shard_index=rank)
+            rows = generate_distributed(None, list(data["prompt"]), None, n=self.num_anchors,
+                                        max_new_tokens=args.anchor_max_new_tokens,
+                                        temperature=args.anchor_temperature, top_p=args.anchor_top_p,
+                                        seed=args.anchor_seed + 1_000_003 * (self.anchor_refreshes + 1),
+                                        batch_size=args.anchor_batch_size, engine=engine, progress=False)
             policy.train(was_training)
-        self.refresh_prompts_sampled += len(rows)
-        if world > 1:
-            rows = sorted(gather_object(rows), key=lambda r: r["id"])
+        self.refresh_prompts_sampled += engine.prompts_sampled
         self.anchor_refreshes += 1
         self.run_info["anchor_refreshes"] = self.anchor_refreshes
         self.run_info["anchor_refresh_prompts_sampled_by_main_process"] = self.refresh_prompts_sampled
@@ -335,15 +330,7 @@ class D2OTrainer(DPOTrainer):
         Returns ``[[K floats], negative float]`` per example, or ``[K floats]``."""
         bs = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
         collate = D2OCollator(pad_token_id=self._tokenizer.pad_token_id, max_length=self.args.max_length)
-        model = self.ref_model or self.model
-        if self.ref_model is None and self.is_deepspeed_enabled and not self.is_in_train:
-            # before training the policy is not yet a DeepSpeed engine (under ZeRO-3 its weights are sharded): score
-            # it through an inference engine, as DPOTrainer's own precompute does
-            from trl.models.utils import prepare_deepspeed
-
-            if self._precompute_engine is None:
-                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
-            model = self._precompute_engine
+        model = dpo_reference_scorer(self)
 
         def score(shard: list[int]) -> list:
             out = []
