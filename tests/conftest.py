@@ -28,6 +28,18 @@ GOOD = [f"Author {i} wrote {i % 7 + 2} novels about the river and the sea." for 
 BAD = [f"Author {i} wrote nothing about the stars." for i in range(6)]
 
 
+def run_quickstart(name: str, out, *extra: str, timeout: int = 1200) -> dict:
+    """``negalign quickstart NAME --output-dir OUT EXTRA...`` in a child process; returns its results.json."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "negalign", "quickstart", name, "--output-dir", str(out), *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads((Path(out) / "results.json").read_text())
+
+
 def perturbed(model, seed=0, scale=0.05):
     """A copy of ``model`` with its weights nudged, so that policy and reference log-probs differ."""
     import copy

@@ -1,12 +1,11 @@
 """Smoke run of `negalign quickstart d2o-toy` with tiny settings (the full run is marked slow)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from negalign.quickstarts.d2o_toy import FORBIDDEN, judge_harmful
+from tests.conftest import run_quickstart
 
 
 def test_judge():
@@ -16,10 +15,7 @@ def test_judge():
 
 
 def _run(tmp_path, *extra, timeout=1200):
-    cmd = [sys.executable, "-m", "negalign", "quickstart", "d2o-toy", "--output-dir", str(tmp_path / "qs"), *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((tmp_path / "qs" / "results.json").read_text())
+    return run_quickstart("d2o-toy", tmp_path / "qs", *extra, timeout=timeout)
 
 
 def test_d2o_toy_smoke(tmp_path):

@@ -15,7 +15,7 @@ from negalign.config import RecipeError, load_recipe
 from negalign.data import format_prompt
 from negalign.losses import madpo_weights
 from negalign.train import run
-from negalign.trainers.madpo import MADPOConfig, MADPOTrainer, compute_margins
+from negalign.trainers.madpo import MADPOConfig, MADPOTrainer
 from tests.conftest import BAD, GOOD, QUESTIONS, perturbed
 
 

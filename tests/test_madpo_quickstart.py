@@ -1,13 +1,11 @@
 """Smoke run of `negalign quickstart madpo-toy` with tiny settings (the full run is marked slow)."""
 
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 from negalign.quickstarts.madpo_toy import gt_reward, preference_rows
+from tests.conftest import run_quickstart
 
 
 def test_ground_truth_and_bradley_terry_noise():
@@ -24,10 +22,7 @@ def test_ground_truth_and_bradley_terry_noise():
 
 
 def _run(tmp_path, *extra, timeout=1200):
-    cmd = [sys.executable, "-m", "negalign", "quickstart", "madpo-toy", "--output-dir", str(tmp_path / "qs"), *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((tmp_path / "qs" / "results.json").read_text())
+    return run_quickstart("madpo-toy", tmp_path / "qs", *extra, timeout=timeout)
 
 
 def test_madpo_toy_smoke(tmp_path):

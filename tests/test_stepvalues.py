@@ -188,7 +188,6 @@ def test_value_cache_resumes_without_recomputation(tmp_path):
     assert resumed == full
     again = [p for call in pol2.calls for p in call]
     assert again and not set(again) & set(done_prompts)  # nothing finished before the interruption is redone
-    total = len({(it["prompt"], p) for it in items for p in range(1)})  # noqa: F841 (documentation of intent)
     assert len(done_prompts) + len(again) == len(set(done_prompts) | set(again))
     assert read_step_values(tmp_path / "values.jsonl") == json.loads(json.dumps(full))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct (Chen et al. 2021): ``1 - C(n-c, k) / C(n, k)``.

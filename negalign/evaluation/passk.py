@@ -11,7 +11,6 @@ unbiased estimator ``1 - C(n-c, k)/C(n, k)`` averaged over problems (``negalign.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from negalign.evaluation import pass_at_k

@@ -20,7 +20,6 @@ balances both. It composes only the public API (recipes as dicts, ``negalign.tra
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -18,7 +18,6 @@ at the smallest amount, and ``methods.<name>.by_amount``), ``DIR/table.md`` and 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
