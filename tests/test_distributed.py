@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tolerances import assert_tofu_evals_match
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.distributed
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -92,9 +94,9 @@ def test_two_processes_match_one_process_at_same_global_batch(shared_data, tmp_p
         e2, e1 = (json.loads((tmp_path / run / "tofu_eval" / f"step-{step}" / "results.json").read_text())
                   for run in ("two", "one"))
         assert len(e2["items"]["forget"]) == len(e2["items"]["retain"]) == 6
-        assert e2["metrics"].keys() == e1["metrics"].keys()
-        for key, value in e1["metrics"].items():
-            assert e2["metrics"][key] == (value if value is None else pytest.approx(value, rel=1e-4, abs=1e-7)), key
+        # per-item log-probs within float32 reduction-order noise, aggregates within the bound that follows from it
+        # (a relative tolerance on an aggregate near 0, such as the truth-ratio score, is tighter than that noise)
+        assert_tofu_evals_match(e1, e2)
     l2 = [h["loss"] for h in two["log_history"] if "loss" in h]
     l1 = [h["loss"] for h in one["log_history"] if "loss" in h]
     assert len(l1) == len(l2) == 3
