@@ -151,3 +151,52 @@ def test_reward_then_madpo_recipes(tmp_path):
         d = run(load_recipe(data={**base, "method": {"name": "dpo"}, "output": {"dir": str(tmp_path / loss_type)}},
                             overrides=[f"training.loss_type={loss_type}"]))
         assert d["loss_type"] == [loss_type]
+
+
+ROOT_DIR = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_imdb_prefix_is_stripped_from_chosen_and_rejected(tmp_path):
+    """insub/imdb_prefix20_* rows hold the review prefix in `text` and again at the start of `chosen` / `rejected`
+    (its generator returned whole texts; the data set author's DPO script strips `text` from both). With
+    prompt_field: text the prefix would be in the prompt and in each response; strip_prompt: auto cuts it where both
+    responses start with it, so prompt + response is the original text."""
+    from negalign.data.preference import PreferenceData
+
+    rows = [  # shaped like the data set: text / chosen / rejected (+ scores)
+        {"text": "I rented this movie last week and", "chosen": "I rented this movie last week and loved it.",
+         "rejected": "I rented this movie last week and it was dull.", "score_chosen": 0.99, "score_rejected": 0.01},
+        {"text": "The plot", "chosen": "The plot is wonderful.", "rejected": "The plot was a mess.",
+         "score_chosen": 0.98, "score_rejected": 0.02},
+        {"text": "Odd row", "chosen": "a continuation only", "rejected": "Odd row then more",
+         "score_chosen": 0.9, "score_rejected": 0.1},
+    ]
+    path = tmp_path / "imdb.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    loader = PreferenceData(path=str(path), prompt_field="text")
+    out = loader.rows()
+    assert out[0] == {"prompt": "I rented this movie last week and", "chosen": " loved it.",
+                      "rejected": " it was dull."}
+    assert out[1]["chosen"] == " is wonderful." and out[1]["rejected"] == " was a mess."
+    assert out[2]["chosen"] == "a continuation only" and out[2]["rejected"] == "Odd row then more"  # not both: kept
+    assert loader.stripped == 2
+    for r, raw in zip(out[:2], rows):
+        assert r["prompt"] + r["chosen"] == raw["chosen"]
+    assert PreferenceData(path=str(path), prompt_field="text", strip_prompt="never").rows()[0]["chosen"] == \
+        rows[0]["chosen"]
+    from negalign.data import DataError
+
+    with pytest.raises(DataError, match="row 2"):
+        PreferenceData(path=str(path), prompt_field="text", strip_prompt="always").rows()
+    for name in ("madpo_reward", "madpo_dpo"):  # the recipes ask for it
+        assert load_recipe(ROOT_DIR / f"recipes/{name}.yaml").data["strip_prompt"] == "auto"
+
+
+def test_paper_recipes_pin_the_data_revision():
+    """PKU-SafeRLHF was re-released after the D2O paper: the recipe pins the release it used; `revision` is a model
+    and data key of the recipe schema."""
+    from negalign.config import MODEL_KEYS
+
+    assert "revision" in MODEL_KEYS
+    r = load_recipe(ROOT_DIR / "recipes/d2o_saferlhf.yaml", ["model.revision=main"])
+    assert r.data["revision"] == "v0" and r.model["revision"] == "main"

@@ -118,3 +118,70 @@ def test_nft_real_steps_change_the_weights(arith_kit, tmp_path):
     tr.train()
     assert any(not torch.equal(before[n], p.detach()) for n, p in tr.model.named_parameters())
     assert any("nft/refill_rounds" in h for h in tr.state.log_history)
+    assert all(0.0 <= h["nft/clamped_frac"] <= 1.0 for h in tr.state.log_history if "nft/clamped_frac" in h)
+
+
+def test_refill_takes_the_next_prompts_of_the_stream_in_order(arith_kit, tmp_path):
+    """The reference tops a filtered batch up from its *next* generation batches: prompts in data order, none drawn
+    twice. The refill stream walks a seeded shuffle of the training set without replacement (it used to draw random
+    prompts with replacement), reshuffling only when used up; kept groups are used in generation order."""
+    from negalign.trainers.nft import NFTConfig, NFTTrainer
+
+    ds = tiny_dataset(("easy", "mixed", "hard", "mixed", "mixed", "easy"))
+    tr = make_trainer(NFTTrainer, NFTConfig, arith_kit, tmp_path / "draws", ds)
+    rows = tr._refill_inputs(len(ds), 1)  # one pass over the set: every prompt exactly once
+    assert sorted(r["prompt"][0]["content"] for r in rows) == sorted(r["prompt"][0]["content"] for r in ds)
+
+    from negalign.trainers.nft import RefillStream
+
+    s = RefillStream(5, seed=3)
+    first = s.take(3) + s.take(2)
+    assert sorted(first) == list(range(5))  # one pass: every prompt once, in the stream's order
+    again = RefillStream(5, seed=3)
+    assert again.take(5) == first  # seeded
+    second = s.take(5)
+    assert sorted(second) == list(range(5))  # the next pass is a new shuffle of all of them
+
+    tr = make_trainer(NFTTrainer, NFTConfig, arith_kit, tmp_path, ds)
+    expected = RefillStream(len(ds), seed=0)  # the trainer's stream: seed + 7919 × process index
+    drawn = []
+    real = tr._refill.take
+
+    def spy(k):
+        out = real(k)
+        drawn.extend(out)
+        return out
+
+    tr._refill.take = spy
+    out = tr._generate_and_score_completions(batch_inputs(ds, [0, 1]))  # group 0 is 'easy': filtered
+    assert drawn == expected.take(len(drawn))
+    informative = [i for i in drawn if ds[i]["kind"] == "mixed"]
+    # kept groups in generation order: the batch's own mixed group, then the first mixed refill
+    assert out["prompt_ids"].shape[0] == B_PROMPTS * G
+    tok = tr.processing_class
+    second = tok.decode(out["prompt_ids"][G], skip_special_tokens=True)
+    assert ds[informative[0]]["prompt"][0]["content"] in second
+
+
+def test_unfilled_slots_stay_out_of_the_token_mean(arith_kit, tmp_path):
+    """A filtered group that could not be refilled keeps its slot (shapes stay fixed) but not its tokens: the
+    token-mean denominator counts the filled rows only (it used to count the unfilled ones too), so the gradient
+    equals the one of the filled group alone."""
+    from negalign.trainers.nft import NFTConfig, NFTTrainer
+
+    ds = tiny_dataset(("mixed", "easy"))
+    tr = make_trainer(NFTTrainer, NFTConfig, arith_kit, tmp_path / "both", ds, max_refill_rounds=0,
+                      reduction="token_mean")
+    out = tr._generate_and_score_completions(batch_inputs(ds, [0, 1]))
+    assert out["nft_weight"].tolist() == [1.0] * G + [0.0] * G
+    filled_tokens = out["completion_mask"][:G].sum().item()
+    assert out["num_items_in_batch"].item() == filled_tokens
+    _, g_both = loss_grads(tr, out)
+
+    alone = make_trainer(NFTTrainer, NFTConfig, arith_kit, tmp_path / "alone", tiny_dataset(("mixed",)),
+                         max_refill_rounds=0, reduction="token_mean", per_device_train_batch_size=G)
+    one = alone._generate_and_score_completions(batch_inputs(ds, [0]))
+    assert one["num_items_in_batch"].item() == filled_tokens
+    _, g_alone = loss_grads(alone, one)
+    for name in g_alone:
+        torch.testing.assert_close(g_both[name], g_alone[name], rtol=1e-4, atol=1e-7)

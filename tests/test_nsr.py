@@ -110,7 +110,9 @@ def test_all_wrong_group_teaches_nsr_but_not_grpo(arith_kit, tmp_path, mode, exp
     ds = tiny_dataset(("hard", "hard"))
     nsr = make_trainer(NSRTrainer, NSRConfig, arith_kit, tmp_path / mode, ds, mode=mode, entropy_coef=0.0)
     batch = nsr._generate_and_score_completions(batch_inputs(ds, [0, 1]))
-    assert batch["advantages"].tolist() == [0.0 if mode == "psr" else -1.0] * (2 * G)  # no baseline, no std
+    kept = batch.get("rlvr_keep", torch.ones(len(batch["advantages"]))).bool()
+    # no baseline, no std; PSR drops every (wrong) response: one zero-weight filler row keeps the step's shape
+    assert batch["advantages"][kept].tolist() == ([] if mode == "psr" else [-1.0] * (2 * G))
     _, grads = loss_grads(nsr, batch)
     assert (grad_norm(grads) == 0.0) == expect_zero
 

@@ -74,3 +74,64 @@ def test_eval_passk_command(arith_kit, tmp_path):
     assert len(res["models"]["a"]["correct_counts"]) == 5
     assert res["models"]["a"]["pass_at_k"] == res["models"]["b"]["pass_at_k"]  # same model, same seed
     assert (out / "passk.png").exists() and (out / "samples_a.jsonl").exists()
+
+
+QWEN_MATH_LIKE_TEMPLATE = (  # Qwen2.5-Math's shape: a default system prompt that already asks for \boxed{}
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nPlease reason step by step, and put your final "
+    "answer within \\boxed{}.<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _math_file(tmp_path):
+    rows = [{"problem": "What is $1+1$?", "solution": "It is $\\boxed{2}$."},
+            {"problem": "What is $2+3$?", "solution": "So $\\boxed{5}$."}]
+    path = tmp_path / "math.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_math_prompt_is_raw_when_the_chat_template_carries_the_instruction(arith_kit, tmp_path):
+    """Qwen2.5-Math's template adds "… put your final answer within \\boxed{}" itself; the reference feeds the raw
+    problem, and negalign used to append its own instruction as well, so the model read it twice. Without such a
+    template (or with the option set) the instruction is appended as before."""
+    from transformers import AutoTokenizer
+
+    from negalign.data.math import MATH_INSTRUCTION, MathData
+
+    tok = AutoTokenizer.from_pretrained(arith_kit)
+    plain = MathData(path=_math_file(tmp_path)).load(tok)
+    assert plain[0]["prompt"][0]["content"] == "What is $1+1$?" + MATH_INSTRUCTION
+
+    tok.chat_template = QWEN_MATH_LIKE_TEMPLATE
+    ds = MathData(path=_math_file(tmp_path)).load(tok)
+    assert [p[0]["content"] for p in ds["prompt"]] == ["What is $1+1$?", "What is $2+3$?"]
+    text = tok.apply_chat_template(ds[0]["prompt"], tokenize=False, add_generation_prompt=True)
+    assert text.count("\\boxed{}") == 1  # the instruction appears once, from the template
+
+    from negalign.data.math import template_has_instruction
+
+    assert template_has_instruction(tok)
+    tok.chat_template = None
+    assert not template_has_instruction(tok)
+    tok.chat_template = QWEN_MATH_LIKE_TEMPLATE
+    forced = MathData(path=_math_file(tmp_path), instruction_if_template_has_one=True).load(tok)
+    assert forced[0]["prompt"][0]["content"].endswith(MATH_INSTRUCTION)
+    assert ds["answer"] == ["2", "5"]
+
+
+def test_passk_samples_like_the_reference_by_default():
+    """RLVR-Decomposed's eval.sh samples pass@k at temperature 0.6, top-p 0.95 (negalign used 1.0 / 1.0)."""
+    import argparse
+    import inspect
+
+    from negalign.evaluation.passk import add_arguments, evaluate_model
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--model", "m", "--data", "math", "--output-dir", "x"])
+    assert (args.temperature, args.top_p) == (0.6, 0.95)
+    sig = inspect.signature(evaluate_model).parameters
+    assert (sig["temperature"].default, sig["top_p"].default) == (0.6, 0.95)
+    assert p.parse_args(["--model", "m", "--data", "math", "--output-dir", "x", "--temperature", "1.0",
+                         "--top-p", "1.0"]).top_p == 1.0

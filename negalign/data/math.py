@@ -21,6 +21,20 @@ GSM8K_INSTRUCTION = "\nLet's think step by step and write the final answer after
 MATH_INSTRUCTION = "\nLet's think step by step and output the final answer within \\boxed{}."
 
 
+def template_has_instruction(tokenizer, marker: str = "\\boxed") -> bool:
+    """Whether ``tokenizer``'s chat template adds its own answer instruction (text holding ``marker``) around a bare
+    user message, as Qwen2.5-Math's default system prompt ("... put your final answer within \\boxed{}.") does."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return False
+    probe = "PROBLEM"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception:  # a template that needs other roles or arguments: assume it adds nothing
+        return False
+    return marker in text.replace(probe, "")
+
+
 def _rows_to_dataset(rows: list[dict]):
     from datasets import Dataset
 
@@ -47,9 +61,10 @@ class GSM8KData:
     config: str | None = field(default="main", metadata={"help": "Hub dataset config (ignored for local files)."})
     instruction: str = field(default=GSM8K_INSTRUCTION, metadata={"help": "Text appended to each question."})
     max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N problems."})
+    revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (commit or tag) to pin."})
 
     def rows(self) -> list[dict]:
-        rows = read_records(self.path, self.split, self.config)
+        rows = read_records(self.path, self.split, self.config, self.revision)
         require_columns(rows, ["question", "answer"], f"GSM8K data {self.path} (split {self.split})")
         return rows[: self.max_samples] if self.max_samples else rows
 
@@ -82,13 +97,17 @@ class MathData:
     split: str = field(default="train", metadata={"help": "Split name, or file stem inside a folder."})
     config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
     instruction: str = field(default=MATH_INSTRUCTION, metadata={"help": "Text appended to each problem."})
+    instruction_if_template_has_one: bool = field(default=False, metadata={"help": "Append the instruction even "
+        "when the model's chat template already asks for \\boxed{} (Qwen2.5-Math's system prompt). Default False: "
+        "the problem goes in raw, as in the reference (RLVR-Decomposed, NFT), so the instruction is not doubled."})
+    revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (commit or tag) to pin."})
     levels: list[int] | None = field(default=None, metadata={"help": "Keep only these difficulty levels (1-5)."})
     max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N problems."})
 
     def examples(self) -> list[dict]:
         from negalign.rewards import last_boxed
 
-        rows = read_records(self.path, self.split, self.config)
+        rows = read_records(self.path, self.split, self.config, self.revision)
         if not rows:
             raise DataError(f"MATH data {self.path} (split {self.split}) is empty")
         out = []
@@ -118,7 +137,14 @@ class MathData:
         return out
 
     def load(self, tokenizer=None):
-        return _rows_to_dataset(self.examples())
+        """The dataset; with ``tokenizer`` given and its chat template already asking for ``\\boxed{}``, the problems
+        go in raw (no second instruction) unless ``instruction_if_template_has_one``."""
+        rows = self.examples()
+        if self.instruction and not self.instruction_if_template_has_one and template_has_instruction(tokenizer):
+            cut = len(self.instruction)
+            for r in rows:
+                r["prompt"][0]["content"] = r["prompt"][0]["content"][:-cut]
+        return _rows_to_dataset(rows)
 
     def texts(self) -> list[str]:
         return [e["prompt"][0]["content"] + " " + e["completion"][0]["content"] for e in self.examples()]

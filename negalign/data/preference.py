@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from negalign.data.core import DataError, format_prompt, read_records, require_columns
 
 FORMATS = ("plain", "pku_saferlhf")
+STRIP_MODES = ("auto", "always", "never")
 
 
 def _message_text(value) -> str:
@@ -52,6 +53,8 @@ class NegativesData:
     path: str = field(default="", metadata={"help": "File, folder (with `split`) or Hub id, e.g. PKU-Alignment/PKU-SafeRLHF."})
     split: str | None = field(default="train", metadata={"help": "Split name, or file stem inside a folder."})
     config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
+    revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (branch, tag or commit) to pin; "
+                                 "PKU-SafeRLHF was re-released in 2024: `v0` is the release the D2O paper used."})
     format: str = field(default="plain", metadata={"help": "plain (prompt + negative columns) or pku_saferlhf."})
     prompt_field: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
     negative_field: str = field(default="rejected", metadata={"help": "Column holding the negative (format plain)."})
@@ -67,7 +70,7 @@ class NegativesData:
         """Usable raw rows as ``{"prompt", "rejected"[, "anchors"]}`` (prompt not yet formatted)."""
         _check_format(self.format)
         where = f"data {self.path} (split {self.split})"
-        raw = read_records(self.path, self.split, self.config)
+        raw = read_records(self.path, self.split, self.config, self.revision)
         out = []
         self.skipped = 0
         if self.format == "pku_saferlhf":
@@ -131,6 +134,7 @@ class PreferenceData:
     path: str = field(default="", metadata={"help": "File, folder (with `split`) or Hub id."})
     split: str | None = field(default="train", metadata={"help": "Split name, or file stem inside a folder."})
     config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
+    revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (branch, tag or commit) to pin."})
     format: str = field(default="plain", metadata={"help": "plain (prompt/chosen/rejected columns) or pku_saferlhf."})
     prompt_field: str | None = field(
         default="prompt",
@@ -140,11 +144,33 @@ class PreferenceData:
     rejected_field: str = field(default="rejected", metadata={"help": "Column holding the dispreferred response."})
     chat: bool = field(default=False, metadata={"help": "Wrap text prompts in the tokenizer's chat template."})
     max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N rows."})
+    strip_prompt: str = field(default="auto", metadata={"help": "Remove the prompt from the start of chosen / "
+        "rejected: auto (in a row whose chosen and rejected both start with its text prompt), always (error on a row "
+        "where one does not), never. insub/imdb_prefix20_* stores the review prefix (`text`) inside both responses: "
+        "its generator returned whole texts and its author's DPO script strips `text` from them; without the strip "
+        "the prefix would appear twice."})
+
+    stripped: int = field(default=0, init=False, repr=False)
+
+    def _strip(self, prompt, chosen: str, rejected: str, i: int, where: str) -> tuple[str, str]:
+        if self.strip_prompt not in STRIP_MODES:
+            raise DataError(f"strip_prompt must be one of {STRIP_MODES}, got {self.strip_prompt!r}")
+        if self.strip_prompt == "never" or not isinstance(prompt, str) or not prompt:
+            return chosen, rejected
+        both = chosen.startswith(prompt) and rejected.startswith(prompt)
+        if not both:
+            if self.strip_prompt == "always":
+                raise DataError(f"{where}: row {i}: strip_prompt is 'always' but chosen or rejected does not start "
+                                f"with the prompt {prompt[:60]!r}; use strip_prompt: auto or never")
+            return chosen, rejected
+        self.stripped += 1
+        return chosen[len(prompt):], rejected[len(prompt):]
 
     def rows(self) -> list[dict]:
         _check_format(self.format)
         where = f"data {self.path} (split {self.split})"
-        raw = read_records(self.path, self.split, self.config)
+        self.stripped = 0
+        raw = read_records(self.path, self.split, self.config, self.revision)
         raw = raw[: self.max_samples] if self.max_samples else raw
         out = []
         if self.format == "pku_saferlhf":
@@ -164,6 +190,7 @@ class PreferenceData:
                     raise DataError(f"{where}: prompt_field is null but {self.chosen_field!r} is not a conversation")
                 prompt = r[self.chosen_field][:-1]
             chosen, rejected = _message_text(r[self.chosen_field]), _message_text(r[self.rejected_field])
+            chosen, rejected = self._strip(prompt, chosen, rejected, i, where)
             if not chosen.strip() or not rejected.strip():
                 raise DataError(f"{where}: row {i} has an empty chosen or rejected response")
             out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})

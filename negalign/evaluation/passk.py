@@ -52,8 +52,8 @@ def evaluate_model(
     task: str,
     n: int,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
     batch_size: int = 16,
     seed: int = 0,
     backend: str = "auto",
@@ -126,15 +126,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int, default=None, help="Evaluate the first N problems only.")
     parser.add_argument("--n", type=int, default=64, help="Samples per problem (k goes 1, 2, 4, … n).")
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=0.6,
+                        help="Sampling temperature (default 0.6, the RLVR-Decomposed evaluation's).")
+    parser.add_argument("--top-p", type=float, default=0.95, help="Nucleus top-p (default 0.95, the reference's).")
     parser.add_argument("--batch-size", type=int, default=16, help="Prompts per generation batch (× n sequences).")
     parser.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", required=True, help="Writes results.json, passk.png and samples_<name>.jsonl.")
 
 
-def load_eval_data(name: str, path: str | None, split: str, max_samples: int | None):
+def load_eval_data(name: str, path: str | None, split: str, max_samples: int | None, tokenizer=None):
+    """The loader's dataset and task; with ``tokenizer``, prompts follow that model's chat template (MATH problems go
+    in raw when the template already asks for ``\\boxed{}``)."""
     from negalign.data import LOADERS, DataError
 
     if name not in LOADERS or not hasattr(LOADERS[name], "task"):
@@ -143,7 +146,7 @@ def load_eval_data(name: str, path: str | None, split: str, max_samples: int | N
     if path is not None:
         kwargs["path"] = path
     loader = LOADERS[name](**kwargs)
-    return loader.load(), loader.task
+    return loader.load(tokenizer), loader.task
 
 
 def main(args) -> int:
@@ -153,11 +156,19 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dataset, task = load_eval_data(args.data, args.data_path, args.split, args.max_samples)
     models = {}
+    from negalign.models import resolve_model
+    from negalign.offline_models import PREFIX
+
     for spec in args.model:
         name, _, path = spec.rpartition("=")
-        models[name or Path(path).name] = path
+        models[name or Path(path).name.removeprefix(PREFIX)] = resolve_model(path)  # offline: name -> cached folder
     results = {}
     for name, path in models.items():
+        if args.data == "math":  # the prompt text depends on the model's chat template (no doubled instruction)
+            from transformers import AutoTokenizer
+
+            dataset, task = load_eval_data(args.data, args.data_path, args.split, args.max_samples,
+                                           AutoTokenizer.from_pretrained(path))
         print(f"[passk] {name}: {len(dataset)} problems x {args.n} samples")
         results[name] = evaluate_model(path, dataset, task, args.n, args.max_new_tokens, args.temperature, args.top_p,
                                        args.batch_size, args.seed, args.backend, str(out / f"samples_{name}.jsonl"))

@@ -138,7 +138,7 @@ def main(args) -> int:
     for name, path in models.items():
         t = time.perf_counter()
         print(f"[nsr-arith] pass@k of {name}: {len(test)} held-out problems x {args.n} samples ...", flush=True)
-        r = evaluate_model(path, test, "arith", n=args.n, max_new_tokens=4, temperature=1.0, batch_size=32,
+        r = evaluate_model(path, test, "arith", n=args.n, max_new_tokens=4, temperature=1.0, top_p=1.0, batch_size=32,
                            seed=args.seed, backend="hf", samples_path=None, progress=False)
         results[name] = {"pass_at_k": r["pass_at_k"], "status_counts": r["status_counts"], "path": path,
                          **({"train": train_logs[name]} if name in train_logs else {})}

@@ -3,10 +3,13 @@
 Rollouts, rewards and logging are TRL's. ``NFTTrainer`` changes two things:
 
 1. **Dynamic filtering that refills.** After scoring a generation batch, prompts whose G responses are all correct
-   or all wrong are dropped, and the trainer *generates more* (fresh prompts from the training set) until the batch
-   holds as many informative groups as it was asked for, so every step trains on a full batch (DAPO-style dynamic
-   sampling). ``max_refill_rounds`` bounds the extra rounds; if they run out, the remaining slots keep filtered
-   groups with zero loss weight (counted in ``nft/unfilled_groups``) so shapes stay fixed.
+   or all wrong are dropped, and the trainer *generates more* until the batch holds as many informative groups as it
+   was asked for, so every step trains on a full batch (DAPO-style dynamic sampling). Like the reference, which
+   tops up from its *next* generation batches, the extra prompts are the next ones of a data stream in order (a
+   seeded shuffle of the training set, walked without replacement, reshuffled when exhausted; its state is saved in
+   checkpoints, so resume is exact). Kept groups are used in generation order, the surplus is cut.
+   ``max_refill_rounds`` bounds the extra rounds; if they run out, the remaining slots keep filtered groups with zero
+   loss weight (counted in ``nft/unfilled_groups``), outside the token-mean denominator, so shapes stay fixed.
 2. **The loss** (``negalign.losses.nft_loss``): per prompt ``r̂ = mean(r)`` over its group, clamped to
    ``[rhat_min, rhat_max]`` = [0.02, 0.98]; correct tokens ``-log max_g(R_t, ε_pos)``, incorrect tokens
    ``-log max_g((1 - r̂ R_t)/(1 - r̂), ε_neg)`` with ``R_t = π_θ/π_old`` (ratio capped at e^10), each response weighted
@@ -51,6 +54,10 @@ class NFTConfig(GRPOConfig):
                                    "refilling; remaining slots keep filtered groups with zero weight."})
     reward: str = field(default="auto", metadata={"help": "Verifier used as the reward: auto (the data loader's "
                         "task), gsm8k, math or arith."})
+    vllm_importance_sampling_correction: bool = field(
+        default=False, metadata={"help": "TRL's vLLM sampler/trainer importance weights on NFT's per-token loss "
+                                 "(TRL's default is True; the NFT reference has none). Turn on when vLLM's "
+                                 "log-probs drift from the trainer's."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,7 +77,7 @@ METHOD_DEFAULTS = {"nft": {"beta": 0.0}}
 _LEFT_PADDED = {"prompt_ids", "prompt_mask"}
 _PER_TOKEN = {"completion_ids", "completion_mask", "old_per_token_logps", "sampling_per_token_logps",
               "importance_sampling_ratio", "ref_per_token_logps", "tool_mask"}
-_PER_ROW = {"advantages", "nft_correct", "nft_rhat", "nft_weight"}
+_PER_ROW = {"advantages", "nft_correct", "nft_rhat", "nft_weight", "rlvr_keep"}
 
 
 def _pad_cat(tensors: list[torch.Tensor], value, left: bool) -> torch.Tensor:
@@ -102,7 +109,16 @@ class NFTTrainer(RLVRMixin, GRPOTrainer):
         if self.args.dynamic_filtering and not hasattr(self.train_dataset, "__getitem__"):
             raise ValueError("NFT's refilling dynamic filter draws extra prompts by index: use a map-style "
                              "datasets.Dataset, or set dynamic_filtering=False for a streaming dataset")
-        self._refill_generator = torch.Generator().manual_seed(self.args.seed + 7919 * self.accelerator.process_index)
+        self._refill = RefillStream(len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else 0,
+                                    self.args.seed + 7919 * self.accelerator.process_index)
+
+    def _rollout_state(self) -> dict:
+        return {**super()._rollout_state(), "refill": self._refill.state_dict()}
+
+    def _restore_rollout_state(self, state: dict) -> None:
+        super()._restore_rollout_state(state)
+        if "refill" in state:
+            self._refill.load_state_dict(state["refill"])
 
     # --- scoring ---------------------------------------------------------------------------------------------------
     def _score(self, inputs, num_generations):
@@ -117,13 +133,13 @@ class NFTTrainer(RLVRMixin, GRPOTrainer):
         out["nft_correct"] = correct.to(device)
         out["nft_rhat"] = rhat.to(device)
         out["nft_weight"] = torch.ones_like(rhat, device=device)
+        out["rlvr_keep"] = torch.ones_like(rhat, device=device)
         out["advantages"] = (correct - raw.repeat_interleave(num_generations)).to(device)  # Dr. GRPO's A, for logs
         informative = (raw > 0) & (raw < 1)
         return out, informative
 
     def _refill_inputs(self, num_prompts: int, num_generations: int) -> list[dict]:
-        idx = torch.randint(len(self.train_dataset), (num_prompts,), generator=self._refill_generator).tolist()
-        return [self.train_dataset[i] for i in idx for _ in range(num_generations)]
+        return [self.train_dataset[i] for i in self._refill.take(num_prompts) for _ in range(num_generations)]
 
     def _generate_and_score_completions(self, inputs):
         mode = "train" if self.model.training else "eval"
@@ -162,7 +178,8 @@ class NFTTrainer(RLVRMixin, GRPOTrainer):
         batch = self._select(batch, rows)
         if unfilled:
             batch["nft_weight"][-unfilled * g :] = 0.0
-        loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1)
+            batch["rlvr_keep"][-unfilled * g :] = 0.0
+        loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1) * batch["rlvr_keep"].unsqueeze(1)
         batch["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         self._metrics[mode]["nft/kept_group_frac_first_round"].append(first_keep_rate)
         self._metrics[mode]["nft/refill_rounds"].append(float(rounds))
@@ -209,8 +226,8 @@ class NFTTrainer(RLVRMixin, GRPOTrainer):
         per_token = nft_loss(logps, old, inputs["nft_correct"], rhat, mask, self.args.eps_pos, self.args.eps_neg)
         weight = nft_prompt_weight(rhat, self.args.omega) * inputs["nft_weight"]  # [B]
         per_token = per_token * weight.unsqueeze(-1)
-        if "importance_sampling_ratio" in inputs:  # TRL's vLLM sampler/trainer mismatch correction
-            per_token = per_token * inputs["importance_sampling_ratio"]
+        if self.args.vllm_importance_sampling_correction and "importance_sampling_ratio" in inputs:
+            per_token = per_token * inputs["importance_sampling_ratio"]  # TRL's vLLM sampler/trainer correction
         if self.args.reduction == "sum_const":
             loss = (per_token * mask).sum() / self.args.loss_constant
         else:
@@ -220,7 +237,46 @@ class NFTTrainer(RLVRMixin, GRPOTrainer):
         with torch.no_grad():
             log_ratio = ((logps - old) * mask).sum() / mask.sum().clamp(min=1.0)
             self._metrics[mode]["nft/mean_log_ratio"].append(self.accelerator.gather(log_ratio).mean().item())
+            # share of tokens where a straight-through clamp binds (NFT's counterpart of PPO's clipped fraction)
+            ratio = torch.exp((logps - old).clamp(max=10.0))
+            right = inputs["nft_correct"].unsqueeze(-1).bool()
+            neg = (1 - rhat.unsqueeze(-1) * ratio) / (1 - rhat.unsqueeze(-1))
+            bound = torch.where(right, ratio < self.args.eps_pos, neg < self.args.eps_neg).float()
+            totals = self.accelerator.reduce(torch.stack([(bound * mask).sum(), mask.sum().float()]), reduction="sum")
+            self._metrics[mode]["nft/clamped_frac"].append((totals[0] / totals[1].clamp(min=1.0)).item())
         return loss
+
+
+class RefillStream:
+    """Prompt indices for NFT's refills, in order: a seeded shuffle of ``range(n)`` walked without replacement and
+    reshuffled when used up (the reference takes its next generation batches in data-loader order). The state is a
+    plain dict, saved in checkpoints."""
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+        self.pos = 0
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k and self.n:
+            if self.pos >= len(self.order):
+                self.order = torch.randperm(self.n, generator=self.generator).tolist()
+                self.pos = 0
+            step = min(k - len(out), len(self.order) - self.pos)
+            out.extend(self.order[self.pos : self.pos + step])
+            self.pos += step
+        return out
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "generator": self.generator.get_state(), "order": list(self.order), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n = state["n"]
+        self.generator.set_state(state["generator"])
+        self.order = list(state["order"])
+        self.pos = state["pos"]
 
 
 def train(recipe) -> dict:
