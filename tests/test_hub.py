@@ -59,7 +59,7 @@ def test_push_uploads_weights_tokenizer_and_card(trained_folder, hub_calls):
     assert name == "upload_folder" and upload["repo_id"] == "someone/npo-tofu"
     assert {"model.safetensors", "tokenizer.json", "config.json", "README.md", "results.json"} <= set(upload["files"])
     card = (folder / "README.md").read_text()
-    assert "NPO + retain NLL" in card and "base_model: open-unlearning/tofu_Llama-3.2-1B-Instruct_full" in card
+    assert "**NPO+RT**" in card and "base_model: open-unlearning/tofu_Llama-3.2-1B-Instruct_full" in card
     assert "| Forget quality (KS p-value vs retain model) | 0.123 |" in card and "| Model utility" in card
     assert "forget_split: forget10" in card and "@inproceedings{zhang2024negative" in card and "maini2024tofu" in card
 
@@ -100,4 +100,6 @@ def test_recipe_push_to_hub_calls_push_at_the_end_of_training(shared_data, tmp_p
     assert [c[0] for c in hub_calls] == ["create_repo", "upload_folder"]
     assert hub_calls[1][1]["repo_id"] == "someone/tiny-npo"
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "NPO + retain NLL" in card and "## Recipe" in card
+    assert "**NPO+RT**" in card and "## Recipe" in card
+    # TRL's own card (written at save time) was replaced by negalign's: no "generated_from_trainer" template text
+    assert "generated_from_trainer" not in card and "tags:\n- negalign\n" in card
