@@ -136,12 +136,41 @@ def verify_arith(completion, gold) -> Verdict:
     """Synthetic arithmetic: the first integer of the completion against the gold integer."""
     text = completion_text(completion).strip()
     m = re.match(r"\s*(-?\d+)", text)
-    if not m:
+    if not m or len(m.group(1)) > MAX_INT_DIGITS:  # int() itself refuses over 4300 digits: never raise in a run
         return Verdict("unparseable")
-    return Verdict("correct" if int(m.group(1)) == int(gold) else "wrong", m.group(1))
+    gold_int = canonical_int(str(gold).strip())
+    if gold_int is None:
+        raise ValueError(f"arithmetic gold answer {gold!r} is not an integer")
+    return Verdict("correct" if canonical_int(m.group(1)) == gold_int else "wrong", m.group(1))
+
+
+def canonical_int(text: str) -> str | None:
+    """``-?digits`` without leading zeros (``-0`` is ``0``), compared as text: exact at any length."""
+    m = re.fullmatch(r"([-+]?)0*(\d+)", text)
+    if not m:
+        return None
+    digits = m.group(2)
+    return digits if digits == "0" or m.group(1) != "-" else "-" + digits
+
+
+def canonical_decimal(text: str) -> str | None:
+    """A plain decimal number (``-12.500``, ``.5``, ``007``) in one exact text form (``-12.5``, ``0.5``, ``7``), or
+    None. No rounding at any length (``Decimal.normalize`` rounds to the context's 28 digits)."""
+    m = re.fullmatch(r"([-+]?)(\d*)(?:\.(\d*))?", text)
+    if not m or not (m.group(2) or m.group(3)):
+        return None
+    whole = m.group(2).lstrip("0") or "0"
+    frac = (m.group(3) or "").rstrip("0")
+    body = whole + ("." + frac if frac else "")
+    return body if body == "0" or m.group(1) != "-" else "-" + body
 
 
 # ------------------------------------------------------------------------------------------------------------- MATH
+
+MAX_INT_DIGITS = 4300  # Python's default int-string limit; longer answers are unparseable
+MAX_MATH_ANSWER_CHARS = 2000  # a longer \\boxed{} answer is unparseable (normalising is quadratic in the length)
+FAST_PATH_CHARS = 200  # normalised in this process up to this length (microseconds); longer: in the worker, timed
+BATCH_TIMEOUT = 30.0  # seconds of MATH verification per reward batch; once spent, the rest are ``timeout``
 
 _UNIT_WORDS = (
     "units?|cm|centimeters?|meters?|m|km|kilometers?|inches?|inch|feet|foot|ft|miles?|mph|degrees?|dollars?|cents?"
@@ -171,12 +200,18 @@ def normalize_math_answer(ans: str) -> str:
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
         s = s.replace(",", "")
     if re.fullmatch(r"-?\d+\.\d*", s) or re.fullmatch(r"-?\d+", s):
-        try:
-            d = Decimal(s).normalize()
-            s = format(d, "f")
-        except InvalidOperation:
-            pass
+        s = canonical_decimal(s) or s  # exact: no 28-digit rounding
     return s
+
+
+def _compare_normalized(gold: str, pred: str) -> str | None:
+    """``correct`` / ``wrong`` when the normalised forms decide it exactly (equal, or two plain numbers), else None."""
+    g, p = normalize_math_answer(gold), normalize_math_answer(pred)
+    if g == p:
+        return "correct"
+    if canonical_decimal(g) is not None and canonical_decimal(p) is not None:
+        return "correct" if canonical_decimal(g) == canonical_decimal(p) else "wrong"
+    return None
 
 
 def _strip_units_for_verify(ans: str) -> str:
@@ -196,8 +231,14 @@ def _worker_main() -> None:  # ``python -m negalign.rewards``: one JSON request 
     sys.stdout.write(json.dumps({"ready": True}) + "\n")
     sys.stdout.flush()
     for line in sys.stdin:
-        gold, pred = json.loads(line)
+        gold, pred, *mode = json.loads(line)
         try:
+            decided = _compare_normalized(gold, pred) if mode == ["normalize"] else None
+            if decided is not None:
+                sys.stdout.write(json.dumps({"status": decided}) + "\n")
+                sys.stdout.flush()
+                continue
+            gold, pred = _strip_units_for_verify(gold), _strip_units_for_verify(pred)
             g = parse(f"${gold}$", extraction_config=configs, parsing_timeout=None)
             p = parse(f"${pred}$", extraction_config=configs, parsing_timeout=None)
             if not p:
@@ -216,8 +257,9 @@ class MathVerifier:
     """MATH answers: extract the last ``\\boxed{}``, try a normalised exact match, else math-verify in a worker process
     with a wall-clock ``timeout`` (seconds) per comparison. Use as a context manager or call ``close()``."""
 
-    def __init__(self, timeout: float = 5.0):
+    def __init__(self, timeout: float = 5.0, batch_timeout: float = BATCH_TIMEOUT):
         self.timeout = float(timeout)
+        self.batch_timeout = float(batch_timeout)  # total per ``verify_batch`` call
         self._proc = None
         self.timeouts = 0
 
@@ -276,19 +318,19 @@ class MathVerifier:
         except Exception:
             pass
 
-    def _math_verify(self, gold: str, pred: str) -> str:
+    def _math_verify(self, gold: str, pred: str, normalize: bool = False, timeout: float | None = None) -> str:
         import json
 
         if self._proc is None or self._proc.poll() is not None:
             self._kill()
             self._start()
         try:
-            self._proc.stdin.write(json.dumps([gold, pred]) + "\n")
+            self._proc.stdin.write(json.dumps([gold, pred] + (["normalize"] if normalize else [])) + "\n")
             self._proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._kill()
-            return self._math_verify(gold, pred)
-        line = self._readline(self.timeout)
+            return self._math_verify(gold, pred, normalize, timeout)
+        line = self._readline(self.timeout if timeout is None else max(0.0, min(self.timeout, timeout)))
         if line is None:  # hung (or died): kill it; the next call starts a fresh worker
             self._kill()
             self.timeouts += 1
@@ -298,19 +340,39 @@ class MathVerifier:
     # public --------------------------------------------------------------------------------------------------------
     def compare(self, pred: str, gold: str) -> str:
         """Status of an extracted answer ``pred`` against ``gold`` (both LaTeX without ``\\boxed``)."""
-        if normalize_math_answer(pred) == normalize_math_answer(gold):
-            return "correct"
-        status = self._math_verify(_strip_units_for_verify(gold), _strip_units_for_verify(pred))
+        return self._compare(pred, gold)
+
+    def _compare(self, pred: str, gold: str, timeout: float | None = None) -> str:
+        if len(pred) > MAX_MATH_ANSWER_CHARS:
+            return "unparseable"
+        if len(pred) <= FAST_PATH_CHARS and len(gold) <= FAST_PATH_CHARS:
+            decided = _compare_normalized(gold, pred)  # bounded: microseconds
+            if decided is not None:
+                return decided
+            status = self._math_verify(gold, pred, normalize=False, timeout=timeout)
+        else:  # normalising a long answer is slow: do it in the worker, under the timeout
+            status = self._math_verify(gold, pred, normalize=True, timeout=timeout)
         if status == "gold_unparseable":  # cannot judge beyond the exact match above
             return "wrong"
         return status
 
-    def verify(self, completion, gold: str) -> Verdict:
+    def verify(self, completion, gold: str, timeout: float | None = None) -> Verdict:
         text = completion_text(completion)
         pred = last_boxed(text)
         if pred is None or not pred.strip():
             return Verdict("unparseable")
-        return Verdict(self.compare(pred, gold), pred)
+        if timeout is not None and timeout <= 0:
+            self.timeouts += 1
+            return Verdict("timeout", pred)
+        return Verdict(self._compare(pred, gold, timeout), pred)
+
+    def verify_batch(self, completions, golds) -> list[Verdict]:
+        """Verdicts for a batch, spending at most ``batch_timeout`` seconds in all: each comparison gets what is
+        left (at most ``timeout``), and once the budget is spent the rest are ``timeout`` without being run."""
+        import time
+
+        deadline = time.monotonic() + self.batch_timeout
+        return [self.verify(c, g, timeout=deadline - time.monotonic()) for c, g in zip(completions, golds, strict=True)]
 
 
 _DEFAULT_MATH_VERIFIER: MathVerifier | None = None
@@ -333,7 +395,10 @@ VERIFIERS = {"gsm8k": verify_gsm8k, "math": verify_math, "arith": verify_arith}
 
 
 def _reward(verify, completions, answer, log_metric=None):
-    verdicts = [verify(c, a) for c, a in zip(completions, answer, strict=True)]
+    if verify is verify_math:  # one time budget for the whole batch
+        verdicts = default_math_verifier().verify_batch(completions, answer)
+    else:
+        verdicts = [verify(c, a) for c, a in zip(completions, answer, strict=True)]
     if log_metric is not None and verdicts:
         n = len(verdicts)
         log_metric("verifier/unparseable", sum(v.status == "unparseable" for v in verdicts) / n)

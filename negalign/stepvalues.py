@@ -14,7 +14,8 @@ Every continuation comes from one static policy, so ``estimate_step_values`` col
 first (deduplicated: the bare prompt is shared by every response to it, equal leading steps are shared too) and sends
 them through ``negalign.generation.generate`` in batches, which appends finished batches to a JSONL file and resumes
 from it. The file's name carries a hash of the prefixes and the sampling settings, so a different set of responses
-never reads another set's continuations. The values are written next to it (``values.jsonl``).
+never reads another set's continuations; its header records the policy's identity (``negalign.generation.identity``),
+so another policy is refused rather than reusing them. The values are written next to it (``values.jsonl``).
 
     from negalign.stepvalues import estimate_step_values
     rows = estimate_step_values(items, verify, model="runs/sft", num_continuations=5, cache_dir="runs/values")

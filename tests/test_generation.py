@@ -76,6 +76,13 @@ def test_cli_generate(kit_path, tmp_path):
     assert len(rows) == 3 and rows[0]["prompt"].startswith("<|im_start|>user\n") and len(rows[0]["completions"]) == 2
     bad = subprocess.run(cmd[:7] + [str(tmp_path / "missing.jsonl")] + cmd[8:], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "data file not found" in bad.stderr
+    # resuming the same file with other settings is a one-line error naming the flag that starts afresh
+    other = [a if a != "2" else "3" for a in cmd]
+    bad = subprocess.run(other, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "different sampling settings (n=2 there, n=3 now)" in bad.stderr
+    assert "--overwrite" in bad.stderr
+    assert subprocess.run(other + ["--overwrite"], capture_output=True, text=True, timeout=300).returncode == 0
+    assert all(len(r["completions"]) == 3 for r in read_generations(out))
 
 
 def test_generate_under_accelerate_two_processes_equals_one(kit_path, tmp_path):
@@ -129,3 +136,63 @@ def test_vllm_engine_is_pinned_to_its_process_gpu(monkeypatch, visible, local_ra
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert _pin_to_local_gpu(tensor_parallel_size=1) is None  # one process: the engine takes the visible GPUs
+
+
+def test_refuses_file_from_another_model_or_other_prompts(kit, tmp_path):
+    """Resuming into a file written by other weights or for other prompts is an error naming the field (before: it
+    succeeded silently, old completions next to new prompt text); overwrite=True starts afresh."""
+    from tests.conftest import perturbed
+
+    model, tok = kit
+    out = tmp_path / "g.jsonl"
+    kw = dict(n=1, max_new_tokens=2, tokenizer=tok, backend="hf", output_path=out, progress=False)
+    first = generate(model, PROMPTS[:2], **kw)
+    assert generate(model, PROMPTS[:2], **kw) == first  # same model, same prompts: resumes
+    other = perturbed(model)
+    with pytest.raises(GenerationError, match=r"different model .*weights .* there.*--overwrite"):
+        generate(other, PROMPTS[:2], **kw)
+    with pytest.raises(GenerationError, match=r"different prompts"):
+        generate(model, PROMPTS[2:4], **kw)
+    fresh = generate(other, PROMPTS[2:4], **kw, overwrite=True)
+    assert [r["prompt"] for r in read_generations(out)] == PROMPTS[2:4]
+    assert fresh == generate(other, PROMPTS[2:4], **kw)  # and the fresh file now belongs to this job
+
+
+def test_a_model_folder_is_identified_by_its_weights(kit_path, tmp_path):
+    import shutil
+
+    from negalign.generation.identity import model_identity, same_model
+
+    copy = tmp_path / "copy"
+    shutil.copytree(kit_path, copy)
+    a, b = model_identity(kit_path), model_identity(copy)
+    assert a["path"] != b["path"] and same_model(a, b)  # a moved folder is the same model
+    with open(copy / "model.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x01" * 8)
+    assert not same_model(a, model_identity(copy))
+    assert model_identity("Org/model", revision="abc") == {"hub_id": "Org/model", "revision": "abc"}
+
+
+def test_sampling_mismatch_names_the_setting(kit, tmp_path):
+    model, tok = kit
+    out = tmp_path / "g.jsonl"
+    generate(model, PROMPTS[:2], n=1, max_new_tokens=2, tokenizer=tok, backend="hf", output_path=out, progress=False)
+    with pytest.raises(GenerationError, match=r"different sampling settings \(n=1 there, n=2 now\)"):
+        generate(model, PROMPTS[:2], n=2, max_new_tokens=2, tokenizer=tok, backend="hf", output_path=out,
+                 progress=False)
+
+
+def test_check_generation_file_for_files_read_as_they_are(kit, tmp_path):
+    """D²O reads a complete anchors file without generate: check_generation_file gives it the same checks."""
+    from negalign.generation import check_generation_file
+    from tests.conftest import perturbed
+
+    model, tok = kit
+    out = tmp_path / "anchors.jsonl"
+    generate(model, PROMPTS[:2], n=2, max_new_tokens=2, tokenizer=tok, backend="hf", output_path=out, progress=False)
+    check_generation_file(out, PROMPTS[:2], model=model)  # same model, same prompts
+    with pytest.raises(GenerationError, match="different model"):
+        check_generation_file(out, PROMPTS[:2], model=perturbed(model))
+    with pytest.raises(GenerationError, match="different prompts"):
+        check_generation_file(out, PROMPTS[1:3], model=model)

@@ -140,3 +140,45 @@ def test_verifier_audit_on_gold_solutions(shared_data):
         assert audit["by_kind"]["gold_solution"]["total"] == 30
         for kind, c in audit["by_kind"].items():
             assert c["false_negative_rate"] == 0.0, (kind, c["examples"])
+
+
+# ----------------------------------------------------------------------- exact, bounded, never raising (issue #13)
+
+
+@pytest.mark.parametrize("completion, gold", [
+    ("\\boxed{1234567890123456789012345678999}", "1234567890123456789012345678901"),  # 31 digits, differ in the last 3
+    ("\\boxed{0.10000000000000000000000000001}", "0.1"),  # differs in the 29th decimal
+])
+def test_math_compares_long_numbers_exactly(mv, completion, gold):
+    # before: Decimal.normalize rounded both to the context's 28 digits, so these were "correct"
+    assert mv.verify(completion, gold).status == "wrong"
+    assert mv.verify(completion, completion[7:-1]).status == "correct"
+
+
+def test_arith_never_raises_on_huge_integers():
+    huge = "9" * 5000  # over Python's 4300-digit int-string limit: int() raised ValueError before
+    assert R.verify_arith(huge, "9").status == "unparseable"
+    assert R.verify_arith("0012", "12").status == "correct"
+    assert R.verify_arith("-0", "0").status == "correct"
+    assert R.verify_arith("1" * 4000 + "2", "1" * 4000 + "3").status == "wrong"  # long but exact
+
+
+def test_long_math_answers_are_bounded(mv):
+    # before: normalize_math_answer ran in this process, quadratic: 120k characters took ~21 s
+    start = time.perf_counter()
+    assert mv.verify("\\boxed{" + "x+" * 60_000 + "1}", "1").status == "unparseable"
+    assert time.perf_counter() - start < 1.0
+
+
+def test_math_batch_has_one_time_budget():
+    # before: each hung comparison cost the full per-call timeout, one after another (no verify_batch either)
+    v = R.MathVerifier(timeout=2.0, batch_timeout=2.5)
+    try:
+        v.verify("\\boxed{1}", "1")  # start the worker outside the measured batch
+        start = time.perf_counter()
+        verdicts = v.verify_batch(["\\boxed{9^{9^{9^{9^{9}}}}}"] * 4, ["1"] * 4)
+        elapsed = time.perf_counter() - start
+    finally:
+        v.close()
+    assert [x.status for x in verdicts] == ["timeout"] * 4
+    assert elapsed < 6.0, elapsed  # 4 x 2 s = 8 s before

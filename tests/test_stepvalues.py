@@ -219,3 +219,26 @@ def test_step_token_index_maps_tokens_to_their_steps(kit):
         text = tok.decode([i for i, j in zip(ids, step_of) if j == k])
         assert text == s + (tok.eos_token if k == len(steps) - 1 else "")
     assert step_of == sorted(step_of)  # steps are contiguous and in order
+
+
+def test_value_cache_refuses_continuations_of_another_policy(tmp_path):
+    """The continuation cache is keyed by the prefixes and the sampling settings; its header records the policy's
+    identity, so another policy (here: other weights) is refused rather than reusing the first one's samples."""
+    from negalign.generation import GenerationError
+
+    class Policy(ToyPolicy):
+        def __init__(self, weights):
+            super().__init__()
+            self.weights = weights
+
+        def identity(self):
+            return {"path": "/runs/sft", "weights": self.weights}
+
+    estimate_step_values(ITEMS, verify, engine=Policy("aaaa"), num_continuations=2, cache_dir=tmp_path, progress=False)
+    same = Policy("aaaa")
+    estimate_step_values(ITEMS, verify, engine=same, num_continuations=2, cache_dir=tmp_path, progress=False)
+    assert same.calls == []  # the same policy reuses the cache
+    with pytest.raises(GenerationError, match=r"different model \(/runs/sft \(weights aaaa\) there, /runs/sft "
+                                              r"\(weights bbbb\) now\).*start afresh"):
+        estimate_step_values(ITEMS, verify, engine=Policy("bbbb"), num_continuations=2, cache_dir=tmp_path,
+                             progress=False)

@@ -50,6 +50,7 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.model_path = model if isinstance(model, (str, os.PathLike)) else None  # its identity for caches
         if isinstance(model, (str, os.PathLike)):
             from negalign.models import unsharded_loading
 
@@ -115,6 +116,7 @@ class VLLMEngine:
             # default (0.92) fails whenever anything else holds memory. NEGALIGN_VLLM_CPU_MEMORY_FRACTION overrides.
             engine_kwargs.setdefault("gpu_memory_utilization",
                                      float(os.environ.get("NEGALIGN_VLLM_CPU_MEMORY_FRACTION", "0.2")))
+        self.model_path = model_path  # its identity for caches
         pinned = _pin_to_local_gpu(engine_kwargs.get("tensor_parallel_size", 1))
         try:
             self.llm = LLM(model=str(model_path), **engine_kwargs)
@@ -186,10 +188,21 @@ def make_engine(model, backend: str = "auto", tokenizer=None, **engine_kwargs):
 # ----------------------------------------------------------------------------------------------------------- driver
 
 
-def _read_done(path: Path, cfg: SamplingConfig, prompts: list[str]) -> dict[int, list[str]]:
-    """Rows already on file, keyed by prompt id. Drops a torn last line. Checks the file belongs to this job."""
+def _mismatch(path: Path, field: str, there, now) -> GenerationError:
+    return GenerationError(
+        f"{path} was written with a different {field} ({there} there, {now} now): its rows are not this job's. "
+        f"To start afresh pass --overwrite (negalign generate) / overwrite=True, or delete {path}; or write to "
+        "another output path")
+
+
+def _read_done(path: Path, cfg: SamplingConfig, prompts: list[str], identity: dict | None = None,
+               overwrite: bool = False) -> dict[int, list[str]]:
+    """Rows already on file, keyed by prompt id. Drops a torn last line. Checks the file belongs to this job: the
+    header's sampling settings, model identity and prompts hash, and each row's prompt (``overwrite``: start afresh)."""
+    from negalign.generation.identity import describe, prompts_hash, same_model
+
     done: dict[int, list[str]] = {}
-    if not path.exists():
+    if not path.exists() or overwrite:
         return done
     lines = path.read_text().splitlines()
     header = None
@@ -201,13 +214,22 @@ def _read_done(path: Path, cfg: SamplingConfig, prompts: list[str]) -> dict[int,
         if "sampling" in row:
             header = row
             continue
-        done[row["id"]] = row["completions"]
-    if header is not None and header["sampling"] != asdict(cfg):
-        raise GenerationError(f"{path} was written with different sampling settings {header['sampling']}; "
-                              "use another output path or the same settings")
+        i = row["id"]
+        if i < len(prompts) and row.get("prompt", prompts[i]) != prompts[i]:
+            raise _mismatch(path, "prompts", f"row {i}: {row['prompt'][:40]!r}", repr(prompts[i][:40]))
+        done[i] = row["completions"]
+    if header is not None:
+        if header["sampling"] != asdict(cfg):
+            keys = [k for k in asdict(cfg) if header["sampling"].get(k) != asdict(cfg)[k]]
+            raise _mismatch(path, "sampling settings", ", ".join(f"{k}={header['sampling'].get(k)!r}" for k in keys),
+                            ", ".join(f"{k}={asdict(cfg)[k]!r}" for k in keys))
+        if not same_model(header.get("model"), identity):
+            raise _mismatch(path, "model", describe(header.get("model")), describe(identity))
+        if header.get("prompts") is not None and header["prompts"] != prompts_hash(prompts):
+            raise _mismatch(path, "prompts", f"hash {header['prompts']}", f"hash {prompts_hash(prompts)}")
     for i in done:
         if i >= len(prompts):
-            raise GenerationError(f"{path} holds prompt id {i} but only {len(prompts)} prompts were given")
+            raise _mismatch(path, "prompts", f"prompt id {i}", f"{len(prompts)} prompts")
     return done
 
 
@@ -229,6 +251,7 @@ def generate(
     num_shards: int = 1,
     shard_index: int = 0,
     engine_kwargs: dict | None = None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Sample ``n`` completions for each prompt. Returns one row per prompt: ``{"id", "prompt", "completions"}``.
 
@@ -237,10 +260,15 @@ def generate(
     ``num_shards`` / ``shard_index``: generate only the batches ``b`` with ``b % num_shards == shard_index`` (each
     still seeded with ``seed + b``, so the shards together equal the one-process run); returns only those rows.
     ``engine_kwargs``: passed to the engine built from ``model`` (vLLM: ``tensor_parallel_size``,
-    ``gpu_memory_utilization``, ``max_model_len``, ...)."""
+    ``gpu_memory_utilization``, ``max_model_len``, ...).
+    ``overwrite``: start ``output_path`` afresh; without it a file written for another model (weights fingerprint, or
+    Hub id and revision), other prompts or other sampling settings is a ``GenerationError`` naming the field."""
+    from negalign.generation.identity import model_identity, prompts_hash
+
     cfg = SamplingConfig(n, max_new_tokens, temperature, top_p, seed, batch_size, min_new_tokens)
     path = Path(output_path) if output_path is not None else None
-    done = _read_done(path, cfg, prompts) if path else {}
+    identity = model_identity(model, engine) if path else None
+    done = _read_done(path, cfg, prompts, identity, overwrite) if path else {}
     batches = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
     mine = [b for b in range(len(batches)) if b % num_shards == shard_index]
     todo = [b for b in mine if not all(i in done for i in batches[b])]
@@ -248,7 +276,7 @@ def generate(
         path.parent.mkdir(parents=True, exist_ok=True)
         # rewrite the file with only complete batches (drops torn lines and half-written batches)
         complete = {i for b in mine if b not in todo for i in batches[b]}
-        header = {"sampling": asdict(cfg)}
+        header = {"sampling": asdict(cfg), "model": identity, "prompts": prompts_hash(prompts)}
         with open(path, "w") as f:
             f.write(json.dumps(header) + "\n")
             for i in sorted(complete):
@@ -305,6 +333,26 @@ def generate_distributed(model, prompts: list[str], output_path: str | os.PathLi
         tmp.replace(out)
     state.wait_for_everyone()
     return read_generations(out)
+
+
+def check_generation_file(path: str | os.PathLike, prompts: list[str], model=None, engine=None) -> None:
+    """For a generation file read as it is, without ``generate`` (a complete D²O anchors file): a GenerationError
+    naming the field when its header records another model (that of ``model`` / ``engine``) or other prompts."""
+    from negalign.generation.identity import describe, model_identity, prompts_hash, same_model
+
+    p = Path(path)
+    first = p.read_text().split("\n", 1)[0] if p.exists() else ""
+    try:
+        header = json.loads(first) if first.strip() else {}
+    except json.JSONDecodeError:
+        header = {}
+    if "sampling" not in header:
+        return  # a hand-made file: its rows' prompts are all there is to check
+    if header.get("prompts") is not None and header["prompts"] != prompts_hash(prompts):
+        raise _mismatch(p, "prompts", f"hash {header['prompts']}", f"hash {prompts_hash(prompts)}")
+    identity = model_identity(model, engine)
+    if not same_model(header.get("model"), identity):
+        raise _mismatch(p, "model", describe(header.get("model")), describe(identity))
 
 
 def read_generations(path: str | os.PathLike) -> list[dict]:
