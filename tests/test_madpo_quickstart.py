@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from negalign.evaluation.claims import check_claims
 from negalign.quickstarts.madpo_toy import gt_reward, preference_rows
 from tests.conftest import run_quickstart
 
@@ -27,10 +28,19 @@ def _run(tmp_path, *extra, timeout=1200):
 
 def test_madpo_toy_smoke(tmp_path):
     res = _run(tmp_path, "--train-prompts", "8", "--eval-prompts", "3", "--pairs-per-prompt", "1", "--sft-epochs", "1",
-               "--rm-steps", "1", "--steps", "1", "--levels", "low", "--eval-samples", "1")
+               "--rm-steps", "1", "--steps", "1", "--levels", "low", "--eval-samples", "1", "--seeds", "2")
     m = res["levels"]["low"]["methods"]
     assert set(m) == {"dpo", "ipo", "madpo"} and all(math.isfinite(v["gt_reward"]) for v in m.values())
     assert "weight_quantiles" in m["madpo"]["weights"]
+    check_claims(res["claims"])
+    (c,) = res["claims"]  # one verdict per level, over the 3 held-out prompts of both seeds
+    assert c["claim"] == "MADPO gt_reward ≥ DPO gt_reward (low quality)" and c["n_items"] == 3 and c["seeds"] == [0, 1]
+    items = m["madpo"]["gt_reward_items"]  # [seeds][prompts]; the metric is their mean, the difference pairs them
+    assert len(items) == 2 and all(len(r) == 3 for r in items)
+    assert m["madpo"]["gt_reward"] == pytest.approx(sum(map(sum, items)) / 6)
+    assert c["difference"] == pytest.approx(m["madpo"]["gt_reward"] - m["dpo"]["gt_reward"])
+    assert "| claim | difference | 95% CI | verdict |" in (tmp_path / "qs" / "table.md").read_text()
+    assert (tmp_path / "qs" / "seed1" / "low" / "madpo").is_dir()
     assert (tmp_path / "qs" / "table.md").exists() and (tmp_path / "qs" / "gt_reward_by_level.png").exists()
 
 

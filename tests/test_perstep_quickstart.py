@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from negalign.evaluation.claims import check_claims
 from negalign.quickstarts.perstep_arith import METHODS
 
 
@@ -31,6 +32,8 @@ def _check(out, amounts):
     table = (out / "table.md").read_text()
     assert all(f"| {name} |" in table for name in METHODS)
     assert res["quickstart"] == "perstep-arith" and "versions" in res
+    check_claims(res["claims"])
+    assert "| claim | difference | 95% CI | verdict |" in table
     return res
 
 
@@ -47,6 +50,20 @@ def test_quickstart_smoke(monkeypatch, tmp_path):
     assert res["methods"]["sft"]["by_amount"].keys() >= {"8", "16", "32"}  # SFT alone also at 4x the smallest amount
     # per-step methods really estimated step values and built first-pit pairs
     assert res["prep"]["perstep_dpo_n8"]["samples"] == 16 and "mean_first_pit" in res["prep"]["perstep_dpo_n8"]
+    # one verdict per comparison on the 8 test problems; the difference is that of the reported accuracies
+    claims = {c["claim"]: c for c in res["claims"]}
+    assert set(claims) == {"perstep_dpo accuracy > SFT accuracy (N=8 positives each)",
+                           "perstep_awr accuracy > SFT accuracy (N=8 positives each)",
+                           "perstep_dpo accuracy > SFT accuracy (N=16 positives each)",
+                           "perstep_awr accuracy > SFT accuracy (N=16 positives each)",
+                           "rft accuracy > SFT accuracy (N=8)",
+                           "dpo_full accuracy ≤ SFT accuracy (N=8: whole pairs do not beat SFT)"}  # no 8N=64 run
+    assert all(c["n_items"] == 8 and c["seeds"] == [0] for c in claims.values())
+    m = res["methods"]
+    assert claims["rft accuracy > SFT accuracy (N=8)"]["difference"] == pytest.approx(
+        m["rft"]["test_accuracy"] - m["sft"]["test_accuracy"])
+    (bits,) = m["rft"]["correct_by_amount"]["8"]  # one string per seed, one character per test problem
+    assert len(bits) == 8 and bits.count("1") / 8 == pytest.approx(m["rft"]["test_accuracy"])
     assert time.time() - t < 300
 
 

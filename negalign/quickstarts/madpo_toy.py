@@ -17,7 +17,11 @@ The miniature (everything generated here, offline, on a CPU):
 Metric: ``levels.<level>.methods.<name>.gt_reward`` = the mean ground-truth reward of the **greedy** answers to
 ``--eval-prompts`` held-out prompts (higher is better); ``gt_reward_sampled`` (extra) averages ``--eval-samples``
 sampled answers per prompt, a smoother estimate. The claim of the paper, checked as measured and reported either way:
-MADPO ≥ DPO at every level.
+MADPO ≥ DPO at every level: ``claims`` holds one verdict per level (``negalign.evaluation.claims``: the paired
+difference of the per-prompt greedy rewards, its 95% bootstrap interval over the evaluation prompts, pooled over the
+``--seeds`` runs). The data (films, SFT responses, preference labels) come from ``--seed``; each of the ``--seeds``
+runs ``seed, seed+1, ...`` has its own kit initialisation, training seed and sampling seed (extra seeds under
+``DIR/seed<s>/``).
 
 Everything goes through recipes (``negalign.config.load_recipe`` + ``negalign.train.run``), as a user would.
 """
@@ -68,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t-low", type=float, default=4.0, help="Bradley–Terry temperature, low quality.")
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--levels", default=",".join(LEVELS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Data seed, and the first training / sampling seed.")
+    parser.add_argument("--seeds", type=int, default=1, help="Training and sampling seeds (seed, seed+1, ...): each "
+                        "is a full run on the same data; the claims pool them.")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads. 1 is as fast for these tiny models and far faster on a busy machine "
                              "(OpenMP threads spin when cores are oversubscribed); 0 keeps torch's default.")
@@ -121,6 +127,7 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 
 def evaluate(model_dir: str, films: list[str], args) -> dict:
+    """Metrics of a saved model on the prompts of ``films``; ``gt_reward_items`` holds each prompt's greedy reward."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from negalign.data import format_prompt
@@ -136,7 +143,7 @@ def evaluate(model_dir: str, films: list[str], args) -> dict:
     g = [gt_reward(r["completions"][0], args.words) for r in greedy]
     s = [gt_reward(c, args.words) for r in sampled for c in r["completions"]]
     return {"gt_reward": sum(g) / len(g), "gt_reward_sampled": sum(s) / len(s),
-            "example": greedy[0]["completions"][0]}
+            "example": greedy[0]["completions"][0], "gt_reward_items": g}
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -179,7 +186,72 @@ def _plot(path: Path, levels: dict, base: float) -> None:
     plt.close(fig)
 
 
+def _run_seed(args, seed: int, out: Path, data_dir: Path, train_films, eval_films, levels_data: dict,
+              timings: dict) -> tuple[dict, dict]:
+    """One training / sampling seed on the shared data: the base, then per level the reward model and every method.
+    Returns ``(base, levels)``."""
+    import argparse as _argparse
+
+    sargs = _argparse.Namespace(**{**vars(args), "seed": seed})  # training, kit and sampling seed; data stay put
+    tag = "" if seed == args.seed else f"seed{seed}_"
+    print(f"[madpo-toy] 1/3 fine-tuning the base ({args.size} kit model, seed {seed})", flush=True)
+    base_dir = out / "base"
+    t = time.time()
+    _run({
+        "model": {"kit": {"dir": str(out / "kit"), "arch": "qwen2", "size": args.size, "vocab_size": 384,
+                          "seed": seed}},
+        "data": {"name": "qa", "path": str(data_dir / "sft.jsonl")},
+        "method": {"name": "sft"},
+        "training": {**_training(sargs, -1, args.sft_lr), "num_train_epochs": args.sft_epochs, "max_steps": -1,
+                     "per_device_train_batch_size": 16, "lr_scheduler_type": "cosine"},
+        "output": {"dir": str(base_dir)},
+    })
+    timings[f"{tag}sft_s"] = time.time() - t
+    base = evaluate(str(base_dir), eval_films, sargs)
+    print(f"          base: gt_reward {base['gt_reward']:.3f} (sampled {base['gt_reward_sampled']:.3f})", flush=True)
+
+    levels = {}
+    for level, (data_path, temp, agreement, n_rows) in levels_data.items():
+        data = {"name": "preference", "path": str(data_path), "chat": True}
+        model = {"name_or_path": str(base_dir), "dtype": "float32"}
+        lv = {"label_agreement_with_gt": agreement, "bt_temperature": temp, "methods": {}}
+        print(f"[madpo-toy] 2/3 level {level}: T={temp}, labels agree with the ground truth on "
+              f"{agreement:.0%} of {n_rows} pairs; reward model (seed {seed})", flush=True)
+        t = time.time()
+        rm_dir = out / level / "rm"
+        rm = _run({"model": model, "data": data, "method": {"name": "madpo_reward"},
+                   "training": {**_training(sargs, args.rm_steps, args.rm_lr), "disable_dropout": True},
+                   "output": {"dir": str(rm_dir)}})
+        lv["reward_model"] = {"train_loss": rm.get("train_loss"), "final_train_accuracy": rm.get("final_train_accuracy")}
+        timings[f"{tag}{level}_rm_s"] = time.time() - t
+        for m in METHODS:
+            t = time.time()
+            method = {"name": "madpo" if m == "madpo" else "dpo", "beta": args.beta}
+            if m == "madpo":
+                method["reward_model"] = str(rm_dir)
+            training = {**_training(sargs, args.steps, args.lr), "disable_dropout": True}
+            if m == "ipo":
+                training["loss_type"] = "ipo"
+            res = _run({"model": model, "data": data, "method": method, "training": training,
+                        "output": {"dir": str(out / level / m)}})
+            ev = evaluate(str(out / level / m), eval_films, sargs)
+            ev["train_loss"] = res.get("train_loss")
+            if m == "madpo":
+                ev["weights"] = res.get("madpo_weights")
+            lv["methods"][m] = ev
+            timings[f"{tag}{level}_{m}_s"] = time.time() - t
+            print(f"          {level}/{m}: gt_reward {ev['gt_reward']:.3f} (sampled {ev['gt_reward_sampled']:.3f})",
+                  flush=True)
+        levels[level] = lv
+    return base, levels
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
 def main(args) -> int:
+    from negalign.evaluation.claims import claims_table, paired_claim
     from negalign.results import write_results
 
     t0 = time.time()
@@ -196,69 +268,39 @@ def main(args) -> int:
     train_films, eval_films = films[:n_train], films[n_train : n_train + args.eval_prompts]
     timings = {}
 
-    # 1. the base policy: SFT on responses drawn from CLASS_PROBS
+    # 1. the data, shared by every seed: SFT responses drawn from CLASS_PROBS, labelled pairs per level
     sft = [{"question": question(f), "answer": response(rng, args.words)} for f in train_films for _ in range(4)]
     _write(out / "data" / "sft.jsonl", sft)
-    print(f"[madpo-toy] 1/3 fine-tuning the base ({args.size} kit model)", flush=True)
-    base_dir = out / "base"
-    t = time.time()
-    _run({
-        "model": {"kit": {"dir": str(out / "kit"), "arch": "qwen2", "size": args.size, "vocab_size": 384,
-                          "seed": args.seed}},
-        "data": {"name": "qa", "path": str(out / "data" / "sft.jsonl")},
-        "method": {"name": "sft"},
-        "training": {**_training(args, -1, args.sft_lr), "num_train_epochs": args.sft_epochs, "max_steps": -1,
-                     "per_device_train_batch_size": 16, "lr_scheduler_type": "cosine"},
-        "output": {"dir": str(base_dir)},
-    })
-    timings["sft_s"] = time.time() - t
-    base = evaluate(str(base_dir), eval_films, args)
-    print(f"          base: gt_reward {base['gt_reward']:.3f} (sampled {base['gt_reward_sampled']:.3f})", flush=True)
-
     temps = {"high": args.t_high, "medium": args.t_medium, "low": args.t_low}
-    levels = {}
+    levels_data = {}
     for li, level in enumerate([lv for lv in args.levels.split(",") if lv]):
         rows, agreement = preference_rows(train_films, temps[level], args, seed=args.seed + 100 + li)
         data_path = out / "data" / f"pairs_{level}.jsonl"
         _write(data_path, rows)
-        data = {"name": "preference", "path": str(data_path), "chat": True}
-        model = {"name_or_path": str(base_dir), "dtype": "float32"}
-        lv = {"label_agreement_with_gt": agreement, "bt_temperature": temps[level], "methods": {}}
-        print(f"[madpo-toy] 2/3 level {level}: T={temps[level]}, labels agree with the ground truth on "
-              f"{agreement:.0%} of {len(rows)} pairs; reward model", flush=True)
-        t = time.time()
-        rm_dir = out / level / "rm"
-        rm = _run({"model": model, "data": data, "method": {"name": "madpo_reward"},
-                   "training": {**_training(args, args.rm_steps, args.rm_lr), "disable_dropout": True},
-                   "output": {"dir": str(rm_dir)}})
-        lv["reward_model"] = {"train_loss": rm.get("train_loss"), "final_train_accuracy": rm.get("final_train_accuracy")}
-        timings[f"{level}_rm_s"] = time.time() - t
-        for m in METHODS:
-            t = time.time()
-            method = {"name": "madpo" if m == "madpo" else "dpo", "beta": args.beta}
-            if m == "madpo":
-                method["reward_model"] = str(rm_dir)
-            training = {**_training(args, args.steps, args.lr), "disable_dropout": True}
-            if m == "ipo":
-                training["loss_type"] = "ipo"
-            res = _run({"model": model, "data": data, "method": method, "training": training,
-                        "output": {"dir": str(out / level / m)}})
-            ev = evaluate(str(out / level / m), eval_films, args)
-            ev["train_loss"] = res.get("train_loss")
-            if m == "madpo":
-                ev["weights"] = res.get("madpo_weights")
-            lv["methods"][m] = ev
-            timings[f"{level}_{m}_s"] = time.time() - t
-            print(f"          {level}/{m}: gt_reward {ev['gt_reward']:.3f} (sampled {ev['gt_reward_sampled']:.3f})",
-                  flush=True)
-        levels[level] = lv
+        levels_data[level] = (data_path, temps[level], agreement, len(rows))
+
+    # 2. every training / sampling seed on that data
+    seeds = [args.seed + i for i in range(max(1, args.seeds))]
+    runs = {s: _run_seed(args, s, out if s == args.seed else out / f"seed{s}", out / "data", train_films, eval_films,
+                         levels_data, timings) for s in seeds}
+    first_base, first_levels = runs[seeds[0]]
+    base = {**first_base, "gt_reward": _mean([runs[s][0]["gt_reward"] for s in seeds]),
+            "gt_reward_sampled": _mean([runs[s][0]["gt_reward_sampled"] for s in seeds]),
+            "gt_reward_items": [runs[s][0]["gt_reward_items"] for s in seeds]}
+    levels = {}
+    for level, lv in first_levels.items():  # metrics: the mean over seeds (the first seed's extras as they are)
+        levels[level] = {**lv, "methods": {m: {**ev, **{k: _mean([runs[s][1][level]["methods"][m][k] for s in seeds])
+                                                        for k in ("gt_reward", "gt_reward_sampled")},
+                                               "gt_reward_items": [runs[s][1][level]["methods"][m]["gt_reward_items"]
+                                                                   for s in seeds]}
+                                           for m, ev in lv["methods"].items()}}
 
     # 3. table, claims, plot, results.json
     names = list(levels)
     header = f"{'level':<8}{'labels=gt':>10}" + "".join(f"{LABELS[m]:>10}" for m in METHODS) + \
         "".join(f"{LABELS[m] + ' (s)':>12}" for m in METHODS)
-    lines = [f"base (SFT): gt_reward {base['gt_reward']:.3f} greedy, {base['gt_reward_sampled']:.3f} sampled",
-             header, "-" * len(header)]
+    lines = [f"base (SFT): gt_reward {base['gt_reward']:.3f} greedy, {base['gt_reward_sampled']:.3f} sampled"
+             + (f" (means over seeds {seeds})" if len(seeds) > 1 else ""), header, "-" * len(header)]
     md = ["| level | labels agree with gt | " + " | ".join(LABELS[m] for m in METHODS) + " | "
           + " | ".join(LABELS[m] + " (sampled)" for m in METHODS) + " |",
           "|---|---|" + "---|" * (2 * len(METHODS))]
@@ -272,11 +314,17 @@ def main(args) -> int:
                   + " | ".join(f"{ms[m]['gt_reward_sampled']:.3f}" for m in METHODS) + " |")
     table = "\n".join(lines)
     print(table)
+
+    def items(level, m):  # [n_seeds, n_prompts] greedy rewards
+        return levels[level]["methods"][m]["gt_reward_items"]
+
+    claims = [paired_claim(f"MADPO gt_reward ≥ DPO gt_reward ({lv} quality)", items(lv, "madpo"), items(lv, "dpo"),
+                           ">", seeds=seeds) for lv in names]
+    verdicts = claims_table(claims)
+    print(verdicts)
     (out / "table.md").write_text(f"base (SFT): gt_reward {base['gt_reward']:.3f} (greedy), "
-                                  f"{base['gt_reward_sampled']:.3f} (sampled)\n\n" + "\n".join(md) + "\n")
-    claims = {f"madpo_ge_dpo_{lv}": levels[lv]["methods"]["madpo"]["gt_reward"]
-              >= levels[lv]["methods"]["dpo"]["gt_reward"] for lv in names}
-    claims["madpo_ge_dpo_every_level"] = all(claims.values())
+                                  f"{base['gt_reward_sampled']:.3f} (sampled)\n\n" + "\n".join(md) + "\n\n"
+                                  + verdicts + "\n")
     png = out / "gt_reward_by_level.png"
     _plot(png, levels, base["gt_reward"])
     timings["total_s"] = time.time() - t0
@@ -289,15 +337,23 @@ def main(args) -> int:
         base=base,
         levels=levels,
         claims=claims,
+        seeds=seeds,
+        per_seed={str(s): {"base": {k: runs[s][0][k] for k in ("gt_reward", "gt_reward_sampled")},
+                           "levels": {lv: {m: {k: ev.get(k) for k in ("gt_reward", "gt_reward_sampled", "train_loss")}
+                                           for m, ev in runs[s][1][lv]["methods"].items()} for lv in names}}
+                  for s in seeds},
         metric_definitions={
-            "gt_reward": "mean of (#positive words - #negative words) over the greedy answers to held-out prompts",
+            "gt_reward": "mean of (#positive words - #negative words) over the greedy answers to held-out prompts "
+                         "(over several seeds: the mean of the seeds' values)",
             "gt_reward_sampled": "the same over sampled answers (temperature 1)",
+            "gt_reward_items": "each held-out prompt's greedy reward, one list per seed (the items of the claims' "
+                               "intervals)",
         },
         settings={k: v for k, v in vars(args).items() if k not in ("func",)},
         timings_s=timings,
         table=table,
+        claims_table=verdicts,
         plot=str(png),
     )
-    print(f"[madpo-toy] claims as measured: {claims}")
     print(f"[madpo-toy] wrote {out / 'results.json'}, {out / 'table.md'} and {png} in {timings['total_s']:.0f}s")
     return 0

@@ -13,6 +13,12 @@ at each amount N in ``--amounts``; SFT alone is also trained on ``--sft-multipli
 many positives SFT needs to match the others. Everything goes through the public API (recipes → ``negalign.train``,
 ``negalign.generation.generate``, ``negalign.rewards``). Writes ``DIR/results.json`` (``methods.<name>.test_accuracy``,
 at the smallest amount, and ``methods.<name>.by_amount``), ``DIR/table.md`` and ``DIR/accuracy_vs_positives.png``.
+
+``claims`` holds a verdict per comparison of the paper (``negalign.evaluation.claims``): per-step negatives beat SFT at
+equal positives (every amount), RFT beats SFT, whole-pair DPO does not, and per-step at N against SFT at 8N; each is the
+paired difference of per-problem greedy correctness on the same test problems, with a 95% bootstrap interval over the
+problems, pooled over the ``--seeds`` runs. The problems come from ``--seed``; each run ``seed, seed+1, ...`` has its
+own kit initialisation, training seed and sampling seed (extra seeds under ``DIR/seed<s>/``).
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--awr-positive-weight", type=float, default=1.0, help="perstep_awr: weight of the NLL term on "
                         "the N positives (the other methods see them too: as SFT data, as DPO's chosen side).")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Problem seed, and the first training / sampling seed.")
+    parser.add_argument("--seeds", type=int, default=1, help="Training and sampling seeds (seed, seed+1, ...): each "
+                        "is a full run on the same problems; the claims pool them.")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these tiny models, "
                         "and far faster than several on a busy machine).")
     parser.add_argument("--fresh", action="store_true", help="Delete DIR first (default: reuse finished stages).")
@@ -65,7 +73,8 @@ def _recipe(model_path: str, method: str, data: dict, training: dict, out: Path,
     })
 
 
-def _accuracy(model_dir: str, test: list[dict], cache: Path) -> float:
+def _correct(model_dir: str, test: list[dict], cache: Path) -> list[int]:
+    """Per test problem: 1 if the greedy answer is right."""
     from transformers import AutoTokenizer
 
     from negalign.generation import generate
@@ -76,17 +85,105 @@ def _accuracy(model_dir: str, test: list[dict], cache: Path) -> float:
     prompts = [chat_prompt(e["prompt"], tok) for e in test]
     rows = generate(model_dir, prompts, n=1, max_new_tokens=40, temperature=0.0, batch_size=100, backend="hf",
                     output_path=cache, tokenizer=tok, progress=False)
-    return sum(verify_gsm8k(r["completions"][0], e["answer"]).reward for r, e in zip(rows, test)) / len(test)
+    return [int(verify_gsm8k(r["completions"][0], e["answer"]).reward) for r, e in zip(rows, test)]
 
 
 def _done(path: Path) -> bool:
     return (path / "results.json").exists() and (path / "model.safetensors").exists()
 
 
-def main(args) -> int:
-    from negalign.data.steps import StepArithData
+def _run_seed(args, seed: int, out: Path, base: dict, corpus: list[str], test: list[dict], amounts: list[int],
+              sft_only: list[int], methods: list[str], timings: dict, extra: dict) -> dict[str, dict[int, list[int]]]:
+    """One training / sampling seed on the shared problems (``base``: the data keys, seeded by ``--seed``): every method
+    at every amount. Returns per method and amount the per-test-problem correctness."""
     from negalign.models import build_kit_model
     from negalign.train import run
+
+    tag = "" if seed == args.seed else f"seed{seed}_"
+    out.mkdir(parents=True, exist_ok=True)
+    kit = build_kit_model(out / "kit", corpus, arch="qwen2", size=args.kit_size, vocab_size=320, seed=seed)
+    print(f"[perstep-arith] seed {seed}: kit model {kit}; amounts {amounts}, SFT-only amounts {sft_only}, "
+          f"test {len(test)}", flush=True)
+    correct: dict[str, dict[int, list[int]]] = {m: {} for m in methods}
+
+    def sft(n: int) -> str:
+        d = out / f"n{n}" / "sft"
+        if not _done(d):
+            t = time.time()
+            run(_recipe(kit, "sft", {"num_problems": n, **base}, {
+                **({"max_steps": args.sft_steps} if args.sft_steps > 0 else {"num_train_epochs": args.sft_epochs}),
+                "learning_rate": args.sft_lr, "per_device_train_batch_size": args.batch_size,
+                "lr_scheduler_type": "cosine", "warmup_steps": 20, "seed": seed, "max_length": 128}, d))
+            timings[f"{tag}sft_n{n}"] = round(time.time() - t, 1)
+        return str(d)
+
+    def report(m, n):
+        print(f"[perstep-arith] seed {seed} n={n} {m}: {sum(correct[m][n]) / len(test):.3f}", flush=True)
+
+    for n in amounts:
+        sft_dir = sft(n)
+        correct.setdefault("sft", {})[n] = _correct(sft_dir, test, out / f"n{n}" / "eval_sft.jsonl")
+        report("sft", n)
+        cache = out / f"n{n}" / "cache"
+        common = {"samples_per_prompt": args.samples_per_prompt, "num_continuations": args.num_continuations,
+                  "max_new_tokens": 40, "generation_batch_size": 64, "generation_backend": "hf",
+                  "cache_dir": str(cache), "value_responses": "all", "generation_seed": seed}
+        train_kw = {"num_train_epochs": args.rl_epochs, "learning_rate": args.rl_lr,
+                    "per_device_train_batch_size": args.batch_size, "seed": seed, "max_length": 128,
+                    "lr_scheduler_type": "constant", "gradient_checkpointing": False}
+        for m in methods:
+            if m == "sft":
+                continue
+            name, keys = m, dict(common)
+            if m == "dpo_full":
+                name, keys["pair_mode"] = "perstep_dpo", "full"
+            if m == "perstep_awr":
+                keys["awr_positive_weight"] = args.awr_positive_weight
+            d = out / f"n{n}" / m
+            if not _done(d):
+                t = time.time()
+                tk = {**train_kw, "beta": args.dpo_beta} if m in ("perstep_dpo", "dpo_full") else train_kw
+                metrics = run(_recipe(sft_dir, name, {"num_problems": n, **base}, tk, d, keys))
+                timings[f"{tag}{m}_n{n}"] = round(time.time() - t, 1)
+                extra[f"{tag}{m}_n{n}"] = metrics.get("perstep", {})
+            correct[m][n] = _correct(str(d), test, out / f"n{n}" / f"eval_{m}.jsonl")
+            report(m, n)
+    if "sft" in methods:
+        for n in sft_only:
+            correct["sft"][n] = _correct(sft(n), test, out / f"n{n}" / "eval_sft.jsonl")
+            report("sft", n)
+    return correct
+
+
+def _claims(correct: dict, amounts: list[int], seeds: list[int]) -> list[dict]:
+    """The paper's comparisons on per-problem correctness (``correct[m][n]``: one list per seed)."""
+    from negalign.evaluation.claims import paired_claim
+
+    def c(m, n):
+        return correct.get(m, {}).get(n)
+
+    out = []
+    n0 = amounts[0]
+    for n in amounts:
+        for m in ("perstep_dpo", "perstep_awr"):
+            if c(m, n) and c("sft", n):
+                out.append(paired_claim(f"{m} accuracy > SFT accuracy (N={n} positives each)", c(m, n), c("sft", n),
+                                        ">", seeds=seeds))
+    if c("rft", n0) and c("sft", n0):
+        out.append(paired_claim(f"rft accuracy > SFT accuracy (N={n0})", c("rft", n0), c("sft", n0), ">", seeds=seeds))
+    if c("dpo_full", n0) and c("sft", n0):
+        out.append(paired_claim(f"dpo_full accuracy ≤ SFT accuracy (N={n0}: whole pairs do not beat SFT)",
+                                c("dpo_full", n0), c("sft", n0), "<", seeds=seeds))
+    for m in ("perstep_dpo", "perstep_awr"):
+        if c(m, n0) and c("sft", 8 * n0):
+            out.append(paired_claim(f"{m} accuracy at N={n0} ≥ SFT accuracy at 8N={8 * n0} (the eight-fold claim)",
+                                    c(m, n0), c("sft", 8 * n0), ">", seeds=seeds))
+    return out
+
+
+def main(args) -> int:
+    from negalign.data.steps import StepArithData
+    from negalign.evaluation.claims import claims_table
 
     import torch
 
@@ -106,55 +203,15 @@ def main(args) -> int:
     test = StepArithData(split="test", **base).examples()
     # the kit tokenizer is trained on every problem text (numbers become tokens); the model starts from random weights
     corpus = StepArithData(split="train", num_problems=n_max, **base).texts() + StepArithData(split="test", **base).texts()
-    kit = build_kit_model(out / "kit", corpus, arch="qwen2", size=args.kit_size, vocab_size=320, seed=args.seed)
-    print(f"[perstep-arith] kit model {kit}; amounts {amounts}, SFT-only amounts {sft_only}, test {len(test)}", flush=True)
 
-    acc: dict[str, dict[int, float]] = {m: {} for m in methods}
     timings: dict[str, float] = {}
     extra: dict[str, dict] = {}
-
-    def sft(n: int) -> str:
-        d = out / f"n{n}" / "sft"
-        if not _done(d):
-            t = time.time()
-            run(_recipe(kit, "sft", {"num_problems": n, **base}, {
-                **({"max_steps": args.sft_steps} if args.sft_steps > 0 else {"num_train_epochs": args.sft_epochs}), "learning_rate": args.sft_lr, "per_device_train_batch_size": args.batch_size,
-                "lr_scheduler_type": "cosine", "warmup_steps": 20, "seed": args.seed, "max_length": 128}, d))
-            timings[f"sft_n{n}"] = round(time.time() - t, 1)
-        return str(d)
-
-    for n in amounts:
-        sft_dir = sft(n)
-        acc.setdefault("sft", {})[n] = _accuracy(sft_dir, test, out / f"n{n}" / "eval_sft.jsonl")
-        print(f"[perstep-arith] n={n} sft: {acc['sft'][n]:.3f}", flush=True)
-        cache = out / f"n{n}" / "cache"
-        common = {"samples_per_prompt": args.samples_per_prompt, "num_continuations": args.num_continuations,
-                  "max_new_tokens": 40, "generation_batch_size": 64, "generation_backend": "hf",
-                  "cache_dir": str(cache), "value_responses": "all"}
-        train_kw = {"num_train_epochs": args.rl_epochs, "learning_rate": args.rl_lr,
-                    "per_device_train_batch_size": args.batch_size, "seed": args.seed, "max_length": 128,
-                    "lr_scheduler_type": "constant", "gradient_checkpointing": False}
-        for m in methods:
-            if m == "sft":
-                continue
-            name, keys = m, dict(common)
-            if m == "dpo_full":
-                name, keys["pair_mode"] = "perstep_dpo", "full"
-            if m == "perstep_awr":
-                keys["awr_positive_weight"] = args.awr_positive_weight
-            d = out / f"n{n}" / m
-            if not _done(d):
-                t = time.time()
-                tk = {**train_kw, "beta": args.dpo_beta} if m in ("perstep_dpo", "dpo_full") else train_kw
-                metrics = run(_recipe(sft_dir, name, {"num_problems": n, **base}, tk, d, keys))
-                timings[f"{m}_n{n}"] = round(time.time() - t, 1)
-                extra[f"{m}_n{n}"] = metrics.get("perstep", {})
-            acc[m][n] = _accuracy(str(d), test, out / f"n{n}" / f"eval_{m}.jsonl")
-            print(f"[perstep-arith] n={n} {m}: {acc[m][n]:.3f}", flush=True)
-    if "sft" in methods:
-        for n in sft_only:
-            acc["sft"][n] = _accuracy(sft(n), test, out / f"n{n}" / "eval_sft.jsonl")
-            print(f"[perstep-arith] n={n} sft: {acc['sft'][n]:.3f}", flush=True)
+    seeds = [args.seed + i for i in range(max(1, args.seeds))]
+    runs = {s: _run_seed(args, s, out if s == args.seed else out / f"seed{s}", base, corpus, test, amounts, sft_only,
+                         methods, timings, extra) for s in seeds}
+    # pooled: per method and amount, one correctness list per seed; accuracy = the mean over seeds and problems
+    correct = {m: {n: [runs[s][m][n] for s in seeds] for n in runs[seeds[0]][m]} for m in methods}
+    acc = {m: {n: sum(map(sum, rows)) / (len(rows) * len(test)) for n, rows in correct[m].items()} for m in methods}
 
     # how many positives SFT alone needs to reach an accuracy: the first point of SFT's curve at or above it,
     # interpolated linearly from the point before (in log2 of N); "<N" / ">N" outside the measured range
@@ -173,12 +230,18 @@ def main(args) -> int:
         return f">{sft_curve[-1][0]}" if sft_curve else None
 
     n0 = amounts[0]
-    results = {"methods": {}, "amounts": amounts, "sft_only_amounts": sft_only, "test_size": len(test),
+    results = {"methods": {}, "amounts": amounts, "sft_only_amounts": sft_only, "test_size": len(test), "seeds": seeds,
                "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}}
     for m in methods:
         by = {str(k): v for k, v in sorted(acc[m].items())}
-        results["methods"][m] = {"test_accuracy": acc[m].get(n0), "by_amount": by,
-                                 "sft_positives_to_match": sft_equivalent(acc[m][n0]) if n0 in acc[m] else None}
+        results["methods"][m] = {
+            "test_accuracy": acc[m].get(n0), "by_amount": by,
+            "sft_positives_to_match": sft_equivalent(acc[m][n0]) if n0 in acc[m] else None,
+            # per amount, one string per seed: test problem i right ("1") or not ("0") — the claims' items
+            "correct_by_amount": {str(k): ["".join(map(str, r)) for r in rows] for k, rows in sorted(correct[m].items())},
+        }
+    claims = _claims(correct, amounts, seeds)
+    results["claims"] = claims
     results["prep"] = extra
     results["timings_s"] = timings
     results["wall_time_s"] = round(time.time() - t0, 1)
@@ -191,8 +254,11 @@ def main(args) -> int:
         eq = f"{eq:.0f}" if isinstance(eq, (int, float)) else (eq or "-")
         lines.append(f"| {m} | " + " | ".join(f"{acc[m][c]:.3f}" if c in acc[m] else "" for c in cols) + f" | {eq} |")
     table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
+    verdicts = claims_table(claims)
+    seeds_note = f"\n\nAccuracies: means over seeds {seeds}." if len(seeds) > 1 else ""
+    (out / "table.md").write_text(table + seeds_note + "\n\n" + verdicts + "\n")
     results["table"] = table
+    results["claims_table"] = verdicts
     try:
         import matplotlib
 
@@ -216,6 +282,7 @@ def main(args) -> int:
     from negalign.results import write_results
 
     write_results(out, {"wall_time_s": results["wall_time_s"]}, quickstart="perstep-arith", **results)
-    print(table)
+    print(table + seeds_note)
+    print(verdicts)
     print(f"[perstep-arith] wrote {out / 'results.json'} in {results['wall_time_s']:.0f} s")
     return 0
