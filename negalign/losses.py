@@ -56,16 +56,30 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def ga_loss(policy_logps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def ga_loss(policy_logps: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "example") -> torch.Tensor:
     """Gradient ascent on the forget set: ``L = + log π_θ(y|x)`` (minimising it raises the NLL).
 
     ``policy_logps``: ``[B]`` per-example log-probability (the TOFU baseline uses the token mean), or ``[B, T]``
     per-token log-probabilities together with ``mask`` ``[B, T]``, in which case the token mean is taken.
     Returns ``[B]``. Unbounded below: the "catastrophic collapse" NPO was designed to avoid.
+
+    ``reduction="pooled"`` (with ``[B, T]`` and ``mask``) returns a scalar ``Σ_{b,t} m·log π / Σ_{b,t} m``: one token
+    mean over the whole batch, i.e. minus Hugging Face's model loss, which open-unlearning's ``GradAscent`` uses.
     """
     if mask is not None:
+        if reduction == "pooled":
+            return pooled_token_mean(policy_logps, mask)  # []
         return masked_mean(policy_logps, mask, dim=-1)  # [B]
     return policy_logps  # [B]
+
+
+def pooled_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``Σ_{b,t} m_bt · v_bt / Σ_{b,t} m_bt`` over a ``[B, T]`` batch (long answers weigh more than short ones).
+
+    This is the reduction of Hugging Face's causal-LM loss (``CrossEntropyLoss(ignore_index=-100)`` mean over every
+    labelled token of the batch). Returns a scalar; 0 when the mask is empty."""
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp(min=1.0)  # []
 
 
 def npo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
@@ -89,23 +103,32 @@ def npo_weight(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float)
 
 
 def simnpo_loss(
-    policy_logps: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float = 0.0
+    policy_logps: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float = 0.0, placement: str = "outside"
 ) -> torch.Tensor:
     """SimNPO (Fan et al. 2024, arXiv:2410.07163): reference-free, length-normalised NPO, per example.
 
-        L = -(2/β) · log σ( -(β/|y|) · log π_θ(y|x) - γ )
+        L = -(2/β) · log σ( -(β/|y|) · log π_θ(y|x) - γ )            placement="outside" (the paper's equation)
+        L = -(2/β) · log σ( β · (-(1/|y|) · log π_θ(y|x) - γ) )      placement="inside"  (the authors' code and
+                                                                      open-unlearning: the margin δ is scaled by β)
 
     ``policy_logps``: ``[B]`` summed response log-probs; ``lengths``: ``[B]`` number of response tokens ``|y|``.
-    Defaults in the paper: β = 4.5, γ = 0. Returns ``[B]``.
+    Defaults in the paper: β = 4.5, γ = 0 (where both placements agree). Returns ``[B]``.
     """
     lengths = lengths.to(policy_logps.dtype).clamp(min=1.0)
+    if placement == "inside":
+        return -(2.0 / beta) * F.logsigmoid(beta * (-policy_logps / lengths - gamma))  # [B]
+    if placement != "outside":
+        raise ValueError(f"placement must be 'outside' or 'inside', got {placement!r}")
     return -(2.0 / beta) * F.logsigmoid(-(beta / lengths) * policy_logps - gamma)  # [B]
 
 
-def nll_loss(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def nll_loss(logps: torch.Tensor, mask: torch.Tensor, reduction: str = "example") -> torch.Tensor:
     """Token-mean negative log-likelihood per example: ``-mean_t log π(y_t|·)``. ``[B, T]`` → ``[B]``.
 
-    The ``nll`` retain term (NPO+RT, and GradDiff when paired with ``ga``)."""
+    The ``nll`` retain term (NPO+RT, and GradDiff when paired with ``ga``). ``reduction="pooled"`` returns the scalar
+    ``-Σ m·log π / Σ m`` over the whole batch (Hugging Face's model loss; open-unlearning's retain NLL)."""
+    if reduction == "pooled":
+        return -pooled_token_mean(logps, mask)  # []
     return -masked_mean(logps, mask, dim=-1)  # [B]
 
 
@@ -117,6 +140,13 @@ def kl_loss(ref_logprobs: torch.Tensor, policy_logprobs: torch.Tensor) -> torch.
     positions (see ``negalign.logprobs.chunked_token_kl``) rather than a whole batch's vocabulary at once.
     """
     return (ref_logprobs.exp() * (ref_logprobs - policy_logprobs)).sum(-1)
+
+
+def kl_batchmean(kl_per_position: torch.Tensor) -> torch.Tensor:
+    """``torch.nn.functional.kl_div(..., reduction="batchmean")`` on logits flattened to ``[B·T, V]``: the per-position
+    KL ``[B, T]`` (every position, prompt and padding included) summed and divided by ``B·T``. open-unlearning's
+    ``compute_kl_divergence`` (the ``KL`` retain term). Returns a scalar."""
+    return kl_per_position.sum() / max(kl_per_position.numel(), 1)  # []
 
 
 # --------------------------------------------------------------------------------------------------------------------

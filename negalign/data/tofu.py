@@ -6,8 +6,10 @@ the same file names (``<folder>/forget10.json`` etc., JSON lines), e.g. ``../sha
     loader = TofuData(path="../shared/data/tofu", forget_split="forget10")
     pairs = loader.load_unlearning(tokenizer, process_index=accelerator.process_index)
 
-Prompts use the tokenizer's chat template when it has one, else ``Question: …\\nAnswer: `` (see
-``negalign.data.format_prompt``); the trainer puts the loss on the answer tokens only.
+Prompts follow ``template`` (``negalign.data.templates``: ``auto`` = the tokenizer's chat template when it has one,
+else ``Question: …\\nAnswer: ``; ``open_unlearning_llama3`` / ``open_unlearning_llama3_tags`` for open-unlearning's
+Llama-3.x checkpoints). ``load_unlearning`` tokenises each pair as open-unlearning does (answer + EOS, the loss on the
+answer tokens only); unlearning, ``negalign eval tofu`` and ``negalign generate`` use the same template.
 
 Every forget example is paired with ``retain_draws`` retain examples (one per epoch, cycling), drawn from
 ``numpy.random.default_rng([seed, process_index])``: reproducible for a given process, and *different on each
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from negalign.data.core import DataError, completion_suffix, format_prompt, read_records, require_columns
+from negalign.data.core import DataError, completion_suffix, read_records, require_columns
+from negalign.data.templates import TEMPLATE_NAMES, encode_qa, prompt_text, resolve_template
 
 HUB_ID = "locuslab/TOFU"
 # The configs of locuslab/TOFU (and the file stems of a local copy).
@@ -86,7 +89,16 @@ class TofuData:
         default=10, metadata={"help": "Retain partners drawn per forget example (epoch e uses draw e mod N)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the retain draws (combined with the process index)."})
+    template: str = field(
+        default="auto",
+        metadata={"help": "Prompt template: " + ", ".join(TEMPLATE_NAMES) + " (negalign.data.templates). Use the one "
+                  "the checkpoint was fine-tuned with (open-unlearning's Llama-3.x TOFU models: open_unlearning_llama3)."},
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "System message for chat templates."})
+    date_string: str | None = field(
+        default=None, metadata={"help": "date_string for chat templates that stamp a date (Llama-3.x: today's date "
+                                "when unset, so prompts change from day to day)."},
+    )
 
     # ---------------------------------------------------------------- rows
     def _rows(self, name: str, limit: int | None = None) -> list[dict]:
@@ -109,8 +121,22 @@ class TofuData:
         return self._rows(self.split, self.max_samples)
 
     # ---------------------------------------------------------------- formatting
+    def prompt_template(self, tokenizer=None):
+        """The resolved :class:`~negalign.data.templates.PromptTemplate` (``template`` + system prompt + date)."""
+        return resolve_template(self.template, tokenizer, self.system_prompt, self.date_string)
+
     def prompt(self, question: str, tokenizer=None) -> str:
-        return format_prompt(question, tokenizer, system=self.system_prompt)
+        if tokenizer is None:
+            return f"Question: {question}\nAnswer: "
+        return prompt_text(tokenizer, self.prompt_template(tokenizer), question)
+
+    def _encoded(self, rows, tokenizer, max_length):
+        t = self.prompt_template(tokenizer)
+        out = []
+        for r in rows:
+            ids, mask = encode_qa(tokenizer, t, str(r[self.question_field]), str(r[self.answer_field]), max_length)
+            out.append({"input_ids": ids, "completion_mask": mask})
+        return out
 
     def _examples(self, rows, tokenizer):
         end = completion_suffix(tokenizer)
@@ -138,22 +164,27 @@ class TofuData:
             order = order[n_forget:]
         return np.stack(cols, axis=1)
 
-    def load_unlearning(self, tokenizer=None, process_index: int = 0):
+    def load_unlearning(self, tokenizer=None, process_index: int = 0, max_length: int | None = None):
         """``(forget, retain)`` datasets for an unlearning trainer.
 
         ``forget`` has ``prompt``, ``completion`` and ``retain_index`` (``retain_draws`` indices into ``retain``, drawn
-        per process); ``retain`` has ``prompt`` and ``completion``. Raises ``DataError`` on an empty forget split,
-        an unknown split name or missing columns, before any model work."""
+        per process); ``retain`` has ``prompt`` and ``completion``. With a tokenizer both also carry ``input_ids`` and
+        ``completion_mask`` from ``negalign.data.templates.encode_qa`` (the trainer uses them as they are). Raises
+        ``DataError`` on an empty forget split, an unknown split name or missing columns, before any model work."""
         from datasets import Dataset
 
-        forget = self._examples(self.forget_rows(), tokenizer)
-        retain = self._examples(self.retain_rows(), tokenizer)
+        f_rows, r_rows = self.forget_rows(), self.retain_rows()
+        forget = self._examples(f_rows, tokenizer)
+        retain = self._examples(r_rows, tokenizer)
         choices = self.retain_choices(len(forget), len(retain), process_index)
-        forget_ds = Dataset.from_list(
-            [{"prompt": p, "completion": c, "retain_index": choices[i].tolist()} for i, (p, c) in enumerate(forget)]
-        )
-        retain_ds = Dataset.from_list([{"prompt": p, "completion": c} for p, c in retain])
-        return forget_ds, retain_ds
+        f_list = [{"prompt": p, "completion": c, "retain_index": choices[i].tolist()} for i, (p, c) in enumerate(forget)]
+        r_list = [{"prompt": p, "completion": c} for p, c in retain]
+        if tokenizer is not None:
+            for d, e in zip(f_list, self._encoded(f_rows, tokenizer, max_length)):
+                d.update(e)
+            for d, e in zip(r_list, self._encoded(r_rows, tokenizer, max_length)):
+                d.update(e)
+        return Dataset.from_list(f_list), Dataset.from_list(r_list)
 
     def eval_rows(self, name: str) -> list[dict]:
         """Rows of an evaluation split (``forget10_perturbed``, ``retain_perturbed``, ...), columns checked."""

@@ -3,11 +3,14 @@
 Per item, on the four TOFU evaluation splits (``<forget>_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``,
 ``world_facts_perturbed``):
 
-* length-normalised probability ``P(y|x)^(1/|y|) = exp(mean_t log π(y_t|·))`` of the answer;
+* length-normalised probability ``P(y|x)^(1/|y|) = exp(mean_t log π(y_t|·))`` of the answer *followed by EOS*
+  (as locuslab/tofu and open-unlearning score it, and as training sees it), its prompt built by the same template
+  the model was trained with (``--template``, ``negalign.data.templates``);
 * truth ratio ``R = P̄_perturbed / P_correct``: ``P̄_perturbed`` the geometric mean of the length-normalised
   probabilities of the perturbed (wrong) answers, ``P_correct`` that of ``paraphrased_answer`` (forget / retain) or of
   ``answer`` (real_authors / world_facts);
-* ROUGE-L recall of the greedy answer against ``answer``.
+* ROUGE-L recall of the greedy answer (up to ``max_new_tokens`` = 200 new tokens, stopping at EOS) against
+  ``answer``.
 
 Summaries: forget quality = KS-test p-value between the forget truth ratios of this model and of a retain-only model
 (``forget_quality``); model utility = harmonic mean of nine numbers (``model_utility``): on retain, real_authors and
@@ -17,6 +20,9 @@ and truth-ratio score ``mean(max(0, 1 - R))``. Forget ROUGE-L, forget probabilit
 
     negalign eval tofu --model runs/npo --data ../shared/data/tofu --forget-split forget10 \\
         --retain-results runs/retain-eval/results.json --output-dir runs/npo-eval
+
+``--retain-results`` takes negalign's own ``results.json`` or open-unlearning's ``TOFU_EVAL.json`` (its
+``forget_truth_ratio.value_by_index``), told apart by their content.
 
 This module never imports ``negalign.trainers``.
 """
@@ -35,12 +41,13 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from negalign.data import DataError
-from negalign.data.core import format_prompt
+from negalign.data.templates import TEMPLATE_NAMES, encode_qa, prompt_ids, resolve_template
 from negalign.data.tofu import read_split
 from negalign.distributed import end_processes, process_state, run_sharded
 
 EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts")
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
+MAX_NEW_TOKENS = 200  # TOFU's and open-unlearning's generation length (configs/generation/default.yaml)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -121,17 +128,13 @@ def _device(model):
 
 
 @torch.no_grad()
-def score_answers(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 32,
+def score_encoded(model, tokenizer, rows: list[tuple[list[int], list[int]]], batch_size: int = 32,
                   desc: str = "scoring", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(summed log-prob, token count) of each answer given its formatted prompt (answer tokens only)."""
+    """(summed log-prob, token count) of the marked tokens of each ``(input_ids, completion_mask)`` row (the answer
+    and its EOS, from ``negalign.data.templates.encode_qa``)."""
     from negalign.logprobs import sequence_logps, token_logps
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = []
-    for p, a in zip(prompts, answers):
-        pi = tokenizer(p, add_special_tokens=False)["input_ids"]
-        ai = tokenizer(a, add_special_tokens=False)["input_ids"] or [pad]
-        rows.append((pi + ai, [0] * len(pi) + [1] * len(ai)))
     order = np.argsort([-len(r[0]) for r in rows], kind="stable")
     sums, lens = np.zeros(len(rows)), np.zeros(len(rows), dtype=np.int64)
     device = _device(model)
@@ -156,15 +159,15 @@ def score_answers(model, tokenizer, prompts: list[str], answers: list[str], batc
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 32, max_new_tokens: int = 64,
-                     progress: bool = True) -> list[str]:
-    """Greedy answers, batched with left padding."""
+def generate_answers(model, tokenizer, encoded: list[list[int]], batch_size: int = 32,
+                     max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> list[str]:
+    """Greedy answers to prompt ids (``negalign.data.templates.prompt_ids``), batched with left padding, stopping at
+    EOS; the text is cut at the first EOS and stripped (open-unlearning's ``eval_text_similarity``)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = _device(model)
-    out = [""] * len(prompts)
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    out = [""] * len(encoded)
     order = np.argsort([-len(e) for e in encoded], kind="stable")
-    for s in tqdm(range(0, len(prompts), batch_size), desc="greedy generation", disable=not progress, leave=False):
+    for s in tqdm(range(0, len(encoded), batch_size), desc="greedy generation", disable=not progress, leave=False):
         idx = order[s : s + batch_size]
         L = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), L), pad, dtype=torch.long)
@@ -211,10 +214,13 @@ def load_eval_rows(data_path: str, forget_split: str, kinds=EVAL_SPLITS, max_ite
     return out
 
 
-def evaluate_split(model, tokenizer, kind: str, rows: list[dict], batch_size: int = 32, max_new_tokens: int = 64,
-                   system_prompt: str | None = None, generate: bool = True, progress: bool = True) -> dict:
-    """Per-item values and the split's summary numbers."""
-    prompts = [format_prompt(r["question"], tokenizer, system=system_prompt) for r in rows]
+def evaluate_split(model, tokenizer, kind: str, rows: list[dict], batch_size: int = 32,
+                   max_new_tokens: int = MAX_NEW_TOKENS, system_prompt: str | None = None, generate: bool = True,
+                   progress: bool = True, template=None) -> dict:
+    """Per-item values and the split's summary numbers. ``template``: a preset name or ``PromptTemplate`` (default
+    ``auto``); ``system_prompt`` overrides its system message."""
+    template = resolve_template(template, tokenizer, system_prompt)
+    questions = [str(r["question"]) for r in rows]
     correct_key = "paraphrased_answer" if kind in ("forget", "retain") else "answer"
     texts_p, texts_a, owner, role = [], [], [], []
     for i, r in enumerate(rows):
@@ -222,14 +228,15 @@ def evaluate_split(model, tokenizer, kind: str, rows: list[dict], batch_size: in
         for role_name, ans in [("answer", r["answer"]), ("correct", r[correct_key])] + [("perturbed", a) for a in perturbed]:
             if role_name == "correct" and correct_key == "answer":
                 continue  # same text as "answer": scored once
-            texts_p.append(prompts[i])
+            texts_p.append(questions[i])
             texts_a.append(str(ans))
             owner.append(i)
             role.append(role_name)
     # under several processes each scores / generates its slice of the texts and all receive every value
-    scored = run_sharded(lambda idx: list(zip(*score_answers(
-        model, tokenizer, [texts_p[i] for i in idx], [texts_a[i] for i in idx], batch_size, desc=f"scoring {kind}",
-        progress=progress))), len(texts_p))
+    # answer + EOS, tokenised exactly as training sees it
+    scored = run_sharded(lambda idx: list(zip(*score_encoded(
+        model, tokenizer, [encode_qa(tokenizer, template, texts_p[i], texts_a[i]) for i in idx], batch_size,
+        desc=f"scoring {kind}", progress=progress))), len(texts_p))
     sums = np.array([v[0] for v in scored], dtype=np.float64)
     lens = np.array([v[1] for v in scored], dtype=np.int64)
     norm_logp = sums / np.maximum(lens, 1)
@@ -250,8 +257,9 @@ def evaluate_split(model, tokenizer, kind: str, rows: list[dict], batch_size: in
             it["prob"] = option_probability(math.exp(it["answer_norm_logp"]), np.exp(it["perturbed_norm_logps"]))
         it["truth_ratio"] = truth_ratio(correct, it["perturbed_norm_logps"])
     if generate:
-        gens = run_sharded(lambda idx: generate_answers(model, tokenizer, [prompts[i] for i in idx], batch_size,
-                                                        max_new_tokens, progress=progress), len(prompts))
+        gens = run_sharded(lambda idx: generate_answers(
+            model, tokenizer, [prompt_ids(tokenizer, template, questions[i]) for i in idx], batch_size,
+            max_new_tokens, progress=progress), len(questions))
         for it, g in zip(items, gens):
             it["generated"] = g
             it["rouge_l_recall"] = rouge_l_recall(g, it["answer"])
@@ -265,20 +273,51 @@ def evaluate_split(model, tokenizer, kind: str, rows: list[dict], batch_size: in
     return {"summary": summary, "items": items}
 
 
-def retain_truth_ratios(reference, questions: list[str], forget_split: str) -> list[float]:
-    """Forget-set truth ratios of the retain model from a saved eval JSON (path or dict), matched by question.
+def _load_json(reference):
+    if not isinstance(reference, (str, os.PathLike)):
+        return reference, "the retain reference"
+    p = Path(reference)
+    if p.is_dir():
+        p = p / "results.json" if (p / "results.json").is_file() else p / "TOFU_EVAL.json"
+    if not p.is_file():
+        raise DataError(f"retain results file not found: {p}")
+    try:
+        return json.loads(p.read_text()), str(p)
+    except json.JSONDecodeError as e:
+        raise DataError(f"retain results {p} is not valid JSON: {e}") from e
 
-    Raises ``DataError`` when the JSON is from another forget split or lacks some of the questions."""
-    if isinstance(reference, (str, os.PathLike)):
-        p = Path(reference)
-        if p.is_dir():
-            p = p / "results.json"
-        if not p.is_file():
-            raise DataError(f"retain results file not found: {p}")
-        try:
-            reference = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"retain results {p} is not valid JSON: {e}") from e
+
+def retain_truth_ratios(reference, questions: list[str], forget_split: str) -> list[float]:
+    """Forget-set truth ratios of the retain model from a saved evaluation (path, folder or dict), in the order of
+    ``questions`` (the first ``len(questions)`` rows of the forget split). Two formats, told apart by content:
+
+    * negalign's ``results.json`` (``split`` + ``items.forget[].truth_ratio``), matched by question;
+    * open-unlearning's ``TOFU_EVAL.json`` (``forget_truth_ratio.value_by_index`` = ``{"<row index>": {"score": R}}``,
+      R = P̄_perturbed / P_paraphrased), matched by row index. It does not record its forget split: the number of
+      rows is checked instead.
+
+    Raises ``DataError`` naming both formats when neither matches, or when rows / questions are missing."""
+    reference, where = _load_json(reference)
+    if not isinstance(reference, dict):
+        raise DataError(f"{where} is not a JSON object")
+    if "forget_truth_ratio" in reference and "items" not in reference:
+        by_index = (reference.get("forget_truth_ratio") or {}).get("value_by_index")
+        if not isinstance(by_index, dict) or not by_index:
+            raise DataError(f"{where} looks like open-unlearning's TOFU_EVAL.json but its forget_truth_ratio has no "
+                            "value_by_index (per-row truth ratios); re-run its TOFU eval with the default metrics")
+        scores = {int(k): v.get("score") if isinstance(v, dict) else v for k, v in by_index.items()}
+        n_split = {"forget01": 40, "forget05": 200, "forget10": 400}.get(forget_split)
+        if n_split is not None and len(scores) != n_split:
+            raise DataError(f"{where} has truth ratios for {len(scores)} forget rows; {forget_split} has {n_split}: "
+                            "evaluate the retain model on the same forget split")
+        missing = [i for i in range(len(questions)) if scores.get(i) is None]
+        if missing:
+            raise DataError(f"{where} lacks truth ratios for forget row(s) {missing[:5]}")
+        return [float(scores[i]) for i in range(len(questions))]
+    if "items" not in reference or "split" not in reference:
+        raise DataError(f"{where} is neither a negalign TOFU results.json (keys split, items.forget[].truth_ratio) "
+                        "nor open-unlearning's TOFU_EVAL.json (key forget_truth_ratio.value_by_index); it has keys "
+                        f"{sorted(reference)[:10]}")
     split = reference.get("split")
     if split != forget_split:
         raise DataError(
@@ -296,13 +335,14 @@ def retain_truth_ratios(reference, questions: list[str], forget_split: str) -> l
 
 
 def evaluate_tofu(model, tokenizer, data_path: str, forget_split: str = "forget10", retain_reference=None,
-                  max_items: int | None = None, batch_size: int = 32, max_new_tokens: int = 64,
-                  system_prompt: str | None = None, progress: bool = True, splits=EVAL_SPLITS) -> dict:
+                  max_items: int | None = None, batch_size: int = 32, max_new_tokens: int = MAX_NEW_TOKENS,
+                  system_prompt: str | None = None, progress: bool = True, splits=EVAL_SPLITS, template=None) -> dict:
     """Run the TOFU protocol on ``model``. ``retain_reference``: a retain-only model (evaluated here on the forget
     split), a results dict / path of an earlier ``negalign eval tofu`` of one, or None (forget quality left out).
 
     Returns ``{"split", "data", "summary", "items"}``; ``summary`` has forget_quality, model_utility, forget_rouge,
-    forget_prob, forget_truth_ratio and the nine utility numbers (``<split>_prob|rouge|truth_ratio``)."""
+    forget_prob, forget_truth_ratio and the nine utility numbers (``<split>_prob|rouge|truth_ratio``). ``template``
+    (preset name or ``PromptTemplate``) builds the prompts, as in training."""
     rows = load_eval_rows(data_path, forget_split, splits, max_items)
     if retain_reference is not None and not hasattr(retain_reference, "generate") and "forget" in rows:
         # a saved eval: check it before spending any time
@@ -311,7 +351,7 @@ def evaluate_tofu(model, tokenizer, data_path: str, forget_split: str = "forget1
     model.eval()
     try:
         results = {kind: evaluate_split(model, tokenizer, kind, rows[kind], batch_size, max_new_tokens, system_prompt,
-                                        progress=progress) for kind in rows}
+                                        progress=progress, template=template) for kind in rows}
     finally:
         if was_training:
             model.train()
@@ -331,7 +371,7 @@ def evaluate_tofu(model, tokenizer, data_path: str, forget_split: str = "forget1
             if hasattr(retain_reference, "generate"):
                 ref_tok = getattr(retain_reference, "_negalign_tokenizer", tokenizer)
                 ref = evaluate_split(retain_reference, ref_tok, "forget", rows["forget"], batch_size, max_new_tokens,
-                                     system_prompt, generate=False, progress=progress)
+                                     system_prompt, generate=False, progress=progress, template=template)
                 tr_ret = [it["truth_ratio"] for it in ref["items"]]
             else:
                 tr_ret = retain_truth_ratios(retain_reference, questions, forget_split)
@@ -370,11 +410,12 @@ class TofuEvalCallback(TrainerCallback):
     process idles at a collective while another evaluates; the main process writes the results."""
 
     def __init__(self, data_path, forget_split, steps, tokenizer, retain_results=None, max_items=None,
-                 output_dir=None, batch_size=32, max_new_tokens=64, system_prompt=None, progress=False):
+                 output_dir=None, batch_size=32, max_new_tokens=MAX_NEW_TOKENS, system_prompt=None, progress=False,
+                 template=None):
         self.data_path, self.forget_split, self.steps = data_path, forget_split, sorted(set(int(s) for s in steps))
         self.tokenizer, self.retain_results, self.max_items = tokenizer, retain_results, max_items
         self.output_dir, self.batch_size, self.max_new_tokens = output_dir, batch_size, max_new_tokens
-        self.system_prompt, self.progress = system_prompt, progress
+        self.system_prompt, self.progress, self.template = system_prompt, progress, template
         self.history: list[dict] = []
         load_eval_rows(data_path, forget_split, max_items=1)  # fail early on bad data
 
@@ -382,7 +423,7 @@ class TofuEvalCallback(TrainerCallback):
         with _whole_parameters(model):
             res = evaluate_tofu(model, self.tokenizer, self.data_path, self.forget_split, self.retain_results,
                                 self.max_items, self.batch_size, self.max_new_tokens, self.system_prompt,
-                                self.progress and state.is_world_process_zero)
+                                self.progress and state.is_world_process_zero, template=self.template)
         self.history.append({"step": state.global_step, **res["summary"]})
         if self.output_dir and state.is_world_process_zero:
             write_eval(Path(self.output_dir) / f"step-{state.global_step}", res, step=state.global_step)
@@ -408,12 +449,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forget-split", default="forget10", help="forget01, forget05 or forget10.")
     ref = parser.add_mutually_exclusive_group()
     ref.add_argument("--retain-model", help="Retain-only model (folder / Hub id) for forget quality.")
-    ref.add_argument("--retain-results", help="results.json of an earlier `negalign eval tofu` of the retain model.")
+    ref.add_argument("--retain-results", help="The retain model's saved evaluation: results.json of `negalign eval tofu` "
+                     "or open-unlearning's TOFU_EVAL.json (detected by content).")
     parser.add_argument("--output-dir", required=True, help="Where to write results.json.")
     parser.add_argument("--max-items", type=int, default=None, help="Evaluate the first N items of each split.")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="Greedy generation length (TOFU uses 200).")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                        help="Greedy generation length (TOFU and open-unlearning: 200; stops at EOS).")
+    parser.add_argument("--template", default="auto", choices=TEMPLATE_NAMES,
+                        help="Prompt template the model was fine-tuned with (negalign.data.templates; open-unlearning's "
+                             "Llama-3.x TOFU checkpoints: open_unlearning_llama3).")
     parser.add_argument("--system-prompt", default=None, help="System message for chat templates.")
+    parser.add_argument("--date-string", default=None, help="date_string for chat templates that stamp a date.")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16.")
 
 
@@ -437,10 +484,11 @@ def main(args) -> int:
         reference._negalign_tokenizer = ref_tok
     # under accelerate launch each process evaluates its slice of every split; the main process writes
     state = process_state()
+    template = resolve_template(args.template, tok, args.system_prompt, getattr(args, "date_string", None))
     result = evaluate_tofu(model, tok, args.data, args.forget_split, reference, args.max_items, args.batch_size,
-                           args.max_new_tokens, args.system_prompt, progress=state.is_main_process)
+                           args.max_new_tokens, progress=state.is_main_process, template=template)
     if state.is_main_process:
-        path = write_eval(args.output_dir, result, model=args.model,
+        path = write_eval(args.output_dir, result, model=args.model, template=args.template,
                           retain_reference=args.retain_model or args.retain_results)
         s = result["summary"]
         keys = ["forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio"]

@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="Forget examples per unlearning step.")
     parser.add_argument("--eval-every", type=int, default=10, help="TOFU evaluation every N unlearning steps.")
     parser.add_argument("--eval-items", type=int, default=40, help="Items per TOFU split in evaluations.")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="Greedy generation length of the ROUGE evaluations (TOFU: 200; stops at EOS).")
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
@@ -194,7 +195,8 @@ def _unlearn(method: str, out_dir: Path, finetuned: Path, data_dir: Path, retain
         "data": {"name": "tofu", "path": str(data_dir), "forget_split": FORGET_SPLIT, "retain_split": "retain99",
                  "seed": args.seed},
         "method": {"name": method, "max_length": 160, "tofu_eval_steps": steps,
-                   "tofu_eval_retain_results": str(retain_eval), "tofu_eval_max_items": args.eval_items},
+                   "tofu_eval_retain_results": str(retain_eval), "tofu_eval_max_items": args.eval_items,
+                   "tofu_eval_max_new_tokens": args.max_new_tokens},
         "training": {"learning_rate": args.unlearn_lr, "max_steps": args.unlearn_steps,
                      "per_device_train_batch_size": args.batch_size, "lr_scheduler_type": "constant",
                      "gradient_checkpointing": False, "logging_steps": max(1, args.eval_every // 2),

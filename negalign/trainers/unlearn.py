@@ -15,7 +15,8 @@ forget term ``ga | npo | simnpo`` (``negalign.losses.ga_loss / npo_loss / simnpo
 * logs ``forget/logps``, ``forget/ref_logps``, ``npo/weight`` (w = 2σ(β(log π_θ − log π_ref)), the NPO gradient
   weight), ``forget/loss``, ``retain/loss`` TRL-style, and writes a TRL model card with each checkpoint.
 
-Presets: ``METHOD_DEFAULTS`` maps ``ga, grad_diff, npo, npo_rt, npo_kl, simnpo`` to (forget_loss, retain_loss, beta).
+Presets and the configuration live in ``negalign.trainers.unlearn_config`` (re-exported here); tokenising and
+padding helpers in ``negalign.trainers.unlearn_utils``.
 """
 
 from __future__ import annotations
@@ -24,20 +25,17 @@ import contextlib
 import hashlib
 import json
 import os
-import textwrap
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from trl.trainer.base_config import _BaseConfig
 from trl.trainer.base_trainer import _BaseTrainer
 
 from negalign import logprobs as lp
 from negalign.data import DataError
 from negalign.distributed import run_sharded
-from negalign.losses import ga_loss, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
+from negalign.losses import ga_loss, kl_batchmean, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
 from negalign.trainers.common import (
     NonFiniteLossCallback,
     data_loader,
@@ -45,205 +43,25 @@ from negalign.trainers.common import (
     peft_config,
     train_and_finish,
 )
-
-FORGET_LOSSES = ("ga", "npo", "simnpo")
-RETAIN_LOSSES = ("none", "nll", "kl")
-REF_CACHE_NAME = "ref_forget_logps.json"
-
-
-@dataclass
-class UnlearnConfig(_BaseConfig):
-    """TRL configuration of :class:`UnlearnTrainer`: TRL's base config plus the unlearning objective."""
-
-    forget_loss: str = field(
-        default="npo",
-        metadata={"help": "Forget term: ga (gradient ascent, token-mean log-prob), npo (Zhang et al. 2024) or simnpo "
-                  "(Fan et al. 2024, reference-free, length-normalised)."},
-    )
-    retain_loss: str = field(
-        default="none",
-        metadata={"help": "Retain term: none, nll (token-mean NLL of retain answers; NPO+RT, GradDiff) or kl "
-                  "(token-level KL(π_ref ‖ π_θ) on retain answer tokens; needs a reference forward on retain rows)."},
-    )
-    beta: float = field(default=0.1, metadata={"help": "β of NPO (paper 0.1) or SimNPO (paper 4.5)."})
-    simnpo_gamma: float = field(default=0.0, metadata={"help": "SimNPO reward margin γ_s (paper default 0)."})
-    gamma: float = field(default=1.0, metadata={"help": "Weight γ of the forget term in L = γ·L_forget + α·L_retain."})
-    alpha: float = field(default=1.0, metadata={"help": "Weight α of the retain term in L = γ·L_forget + α·L_retain."})
-    max_length: int = field(
-        default=512, metadata={"help": "Maximum tokens of prompt + answer; longer answers are cut at the end."}
-    )
-    logprob_chunk_size: int = field(
-        default=1024, metadata={"help": "Response positions per LM-head chunk (bounds the logits held in memory)."}
-    )
-    ref_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Batch size of the one-off reference pass over the forget set (default: "
-                  "2 × per_device_train_batch_size)."},
-    )
-    ref_cache: bool = field(
-        default=True,
-        metadata={"help": "Save the forget reference log-probs to output_dir/ref_forget_logps.json and reuse them when "
-                  "the model and data fingerprint match (resume skips the reference pass)."},
-    )
-    tofu_eval_steps: list[int] | None = field(
-        default=None,
-        metadata={"help": "Global steps at which to run the TOFU evaluation during training (needs data.name tofu); "
-                  "results go to output_dir/tofu_eval/step-N/results.json."},
-    )
-    tofu_eval_retain_results: str | None = field(
-        default=None,
-        metadata={"help": "results.json of the retain model's TOFU eval on the same forget split (for forget quality "
-                  "during training)."},
-    )
-    tofu_eval_max_items: int | None = field(
-        default=None, metadata={"help": "Evaluate at most N items per TOFU split during training (faster)."}
-    )
-
-    def __post_init__(self):
-        if self.forget_loss not in FORGET_LOSSES:
-            raise ValueError(f"forget_loss must be one of {FORGET_LOSSES}, got {self.forget_loss!r}")
-        if self.retain_loss not in RETAIN_LOSSES:
-            raise ValueError(f"retain_loss must be one of {RETAIN_LOSSES}, got {self.retain_loss!r}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        super().__post_init__()
-
-
-CONFIG_CLASS = UnlearnConfig
-# Method presets (SPEC.md §1): the recipe's method.name picks one; explicit method keys override it.
-METHOD_DEFAULTS = {
-    "ga": {"forget_loss": "ga", "retain_loss": "none"},
-    "grad_diff": {"forget_loss": "ga", "retain_loss": "nll"},
-    "npo": {"forget_loss": "npo", "retain_loss": "none", "beta": 0.1},
-    "npo_rt": {"forget_loss": "npo", "retain_loss": "nll", "beta": 0.1},
-    "npo_kl": {"forget_loss": "npo", "retain_loss": "kl", "beta": 0.1},
-    "simnpo": {"forget_loss": "simnpo", "retain_loss": "nll", "beta": 4.5, "simnpo_gamma": 0.0},
-}
-
-_NAMES = {"ga": "GA", "npo": "NPO", "simnpo": "SimNPO"}
-_RETAIN_NAMES = {"none": "", "nll": "+RT", "kl": "+KL"}
-NPO_PAPER = {
-    "title": "Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning",
-    "id": "2404.05868",
-    "citation": textwrap.dedent("""\
-        @inproceedings{zhang2024negative,
-            title     = {{Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning}},
-            author    = {Ruiqi Zhang and Licong Lin and Yu Bai and Song Mei},
-            booktitle = {First Conference on Language Modeling},
-            year      = 2024,
-            url       = {https://arxiv.org/abs/2404.05868},
-        }"""),
-}
-SIMNPO_PAPER = {
-    "title": "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning",
-    "id": "2410.07163",
-    "citation": textwrap.dedent("""\
-        @article{fan2024simplicity,
-            title   = {{Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning}},
-            author  = {Chongyu Fan and Jiancheng Liu and Licong Lin and Jinghan Jia and Ruiqi Zhang and Song Mei and Sijia Liu},
-            journal = {arXiv preprint arXiv:2410.07163},
-            year    = 2024,
-        }"""),
-}
-TOFU_PAPER_CITATION = textwrap.dedent("""\
-    @inproceedings{maini2024tofu,
-        title     = {{TOFU: A Task of Fictitious Unlearning for LLMs}},
-        author    = {Pratyush Maini and Zhili Feng and Avi Schwarzschild and Zachary C. Lipton and J. Zico Kolter},
-        booktitle = {First Conference on Language Modeling},
-        year      = 2024,
-    }""")
-
-
-def method_title(forget_loss: str, retain_loss: str) -> str:
-    if forget_loss == "ga" and retain_loss == "nll":
-        return "GradDiff"
-    return _NAMES[forget_loss] + _RETAIN_NAMES[retain_loss]
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# tokenisation and padding
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, completion_mask) of prompt + completion, tokenised separately so the answer boundary is exact."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if not c:
-        raise DataError(f"an answer tokenises to nothing (prompt {prompt[:80]!r})")
-    if len(p) + len(c) > max_length:
-        keep_c = max(1, min(len(c), max_length - min(len(p), max_length // 2)))
-        c = c[:keep_c]
-        p = p[-(max_length - len(c)):]
-    return p + c, [0] * len(p) + [1] * len(c)
-
-
-def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int, length: int | None = None):
-    """Right-pad ``[(ids, completion_mask)]`` → (input_ids, attention_mask, completion_mask), each ``[B, L]``."""
-    length = length or max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    am = torch.zeros((len(rows), length), dtype=torch.long)
-    cm = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (row, mask) in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        am[i, : len(row)] = 1
-        cm[i, : len(row)] = torch.tensor(mask)
-    return ids, am, cm
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# the reference as seen through a PEFT model with its adapters disabled
-# ------------------------------------------------------------------------------------------------------------------
-
-
-class _AdapterOff(torch.nn.Module):
-    """Calls ``module`` with the PEFT model's adapters disabled (the frozen base is the reference)."""
-
-    def __init__(self, peft_model, module):
-        super().__init__()
-        object.__setattr__(self, "_peft", peft_model)  # not registered: no parameters of its own
-        self.inner = module
-
-    def forward(self, *args, **kwargs):
-        with self._peft.disable_adapter():
-            return self.inner(*args, **kwargs)
-
-
-class AdapterDisabledReference:
-    """A view of a PEFT model as its base model (adapters off), exposing what ``negalign.logprobs`` needs."""
-
-    def __init__(self, peft_model):
-        base = peft_model.get_base_model()
-        self.config = base.config
-        self._decoder = _AdapterOff(peft_model, base.get_decoder())
-        self._head = _AdapterOff(peft_model, base.get_output_embeddings())
-
-    def get_decoder(self):
-        return self._decoder
-
-    def get_output_embeddings(self):
-        return self._head
-
-
-def is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)
-
-
-def weights_fingerprint(model, max_per_tensor: int = 256) -> str:
-    """Cheap digest of a model's (base) weights: names, shapes and the first values of every tensor."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        if "lora_" in name or getattr(p, "ds_numel", None) is not None:
-            continue
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(p.detach().flatten()[:max_per_tensor].float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
+from negalign.trainers.unlearn_config import (  # noqa: F401  (re-exported: recipes and tests import them from here)
+    CONFIG_CLASS,
+    FORGET_LOSSES,
+    METHOD_DEFAULTS,
+    NPO_PAPER,
+    REF_CACHE_NAME,
+    RETAIN_LOSSES,
+    SIMNPO_PAPER,
+    TOFU_PAPER_CITATION,
+    UnlearnConfig,
+    method_title,
+)
+from negalign.trainers.unlearn_utils import (  # noqa: F401
+    AdapterDisabledReference,
+    is_peft,
+    pad_rows,
+    tokenize_pair,
+    weights_fingerprint,
+)
 
 # ------------------------------------------------------------------------------------------------------------------
 # the trainer
@@ -256,9 +74,11 @@ class UnlearnTrainer(_BaseTrainer):
     Args:
         model: a causal LM (or a PEFT model; or pass ``peft_config`` to wrap it).
         args: :class:`UnlearnConfig`.
-        forget_dataset: ``prompt``, ``completion`` text columns (formatted prompts; answers end with EOS) and, when a
+        forget_dataset: ``prompt``, ``completion`` text columns (formatted prompts; answers end with EOS) — or
+            ``input_ids`` + ``completion_mask`` already encoded (``TofuData.load_unlearning``), used as they are — and, when a
             retain term is used, ``retain_index`` (list of indices into ``retain_dataset``, one per epoch, cycled).
-        retain_dataset: ``prompt``, ``completion`` columns (needed for ``retain_loss`` nll / kl).
+        retain_dataset: ``prompt``, ``completion`` (or ``input_ids`` + ``completion_mask``) columns (needed for
+            ``retain_loss`` nll / kl).
         ref_model: the reference for ``npo`` / ``kl`` when it differs from the starting model. Default: the starting
             model itself (its forget log-probs are cached before step 1; for ``kl`` with full fine-tuning a frozen
             copy is kept; with PEFT the adapter-disabled base is used).
@@ -282,14 +102,14 @@ class UnlearnTrainer(_BaseTrainer):
     ):
         if processing_class is None:
             raise ValueError("UnlearnTrainer needs processing_class (the tokenizer)")
-        self._check_columns(forget_dataset, ("prompt", "completion"), "forget dataset")
+        self._check_columns(forget_dataset, self._text_or_ids(forget_dataset), "forget dataset")
         if len(forget_dataset) == 0:
             raise DataError("the forget dataset is empty: nothing to unlearn")
         uses_retain = args.retain_loss != "none"
         if uses_retain:
             if retain_dataset is None or len(retain_dataset) == 0:
                 raise DataError(f"retain_loss={args.retain_loss!r} needs a non-empty retain dataset")
-            self._check_columns(retain_dataset, ("prompt", "completion"), "retain dataset")
+            self._check_columns(retain_dataset, self._text_or_ids(retain_dataset), "retain dataset")
             self._check_columns(forget_dataset, ("retain_index",), "forget dataset (retain_loss needs partners)")
         if peft_config is not None:
             from peft import get_peft_model
@@ -303,13 +123,21 @@ class UnlearnTrainer(_BaseTrainer):
             ids, cm = tokenize_pair(processing_class, example["prompt"], example["completion"], args.max_length)
             return {"input_ids": ids, "completion_mask": cm}
 
-        forget = forget_dataset.map(tok, desc="Tokenizing forget set")
+        # datasets that carry input_ids + completion_mask (TofuData.load_unlearning: the prompt template's encoding,
+        # answer + EOS) are used as they are; prompt/completion text is tokenised here
+        pretokenised = {"input_ids", "completion_mask"}.issubset
+        forget = forget_dataset if pretokenised(forget_dataset.column_names) else forget_dataset.map(
+            tok, desc="Tokenizing forget set")
         self.retain_pool = None
         if uses_retain:
-            self.retain_pool = [
-                tokenize_pair(processing_class, p, c, args.max_length)
-                for p, c in zip(list(retain_dataset["prompt"]), list(retain_dataset["completion"]))
-            ]
+            if pretokenised(retain_dataset.column_names):
+                self.retain_pool = [(list(i), list(m)) for i, m in
+                                    zip(retain_dataset["input_ids"], retain_dataset["completion_mask"])]
+            else:
+                self.retain_pool = [
+                    tokenize_pair(processing_class, p, c, args.max_length)
+                    for p, c in zip(list(retain_dataset["prompt"]), list(retain_dataset["completion"]))
+                ]
             n = len(self.retain_pool)
             bad = [j for draws in list(forget["retain_index"]) for j in draws if not 0 <= j < n]
             if bad:
@@ -358,6 +186,11 @@ class UnlearnTrainer(_BaseTrainer):
 
             return prepare_deepspeed(ref, self.accelerator)
         return ref.to(self.accelerator.device)
+
+    @staticmethod
+    def _text_or_ids(dataset) -> tuple[str, ...]:
+        cols = set(dataset.column_names)
+        return ("input_ids", "completion_mask") if {"input_ids", "completion_mask"} <= cols else ("prompt", "completion")
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -486,7 +319,19 @@ class UnlearnTrainer(_BaseTrainer):
         return token_lp, hidden, None
 
     def retain_kl(self, model, ids, am, cm, hidden=None, logits=None) -> torch.Tensor:
-        """Mean token-level KL(π_ref ‖ π_θ) over the retain answer tokens, reusing the policy's forward."""
+        """Token-level KL(π_ref ‖ π_θ) on the retain rows, reusing the policy's forward: the mean over the answer
+        tokens (``kl_reduction=answer_tokens``) or, ``batchmean``, the sum over every position of the retain rows
+        padded to their own longest row ``[B_r, L_r]`` divided by ``B_r·L_r`` (open-unlearning)."""
+        if self.args.kl_reduction == "batchmean":
+            width = int(am.sum(-1).max())
+            # positions 0..L_r-1 predict tokens 1..L_r: score columns 1..L_r of a copy one column wider
+            ids = torch.nn.functional.pad(ids[:, :width], (0, 1), value=self.pad_id)
+            am = torch.nn.functional.pad(am[:, :width], (0, 1), value=0)
+            cm = torch.ones_like(ids)
+            if hidden is not None:
+                hidden = torch.nn.functional.pad(hidden[:, :width], (0, 0, 0, 1))
+            if logits is not None:
+                logits = torch.nn.functional.pad(logits[:, :width], (0, 0, 0, 1))
         if self.ref_model is not None:
             ref = self.ref_model
         else:
@@ -510,6 +355,8 @@ class UnlearnTrainer(_BaseTrainer):
         else:
             kl = lp.chunked_token_kl(model, ref, ids, am, cm, chunk_size=self.args.logprob_chunk_size,
                                      policy_hidden=hidden)
+        if self.args.kl_reduction == "batchmean":
+            return kl_batchmean(kl)  # every position of [B_r, L_r] counted once
         return kl.mean() if kl.numel() else kl.new_zeros(())
 
     def compute_terms(self, model, inputs: dict) -> dict:
@@ -525,19 +372,19 @@ class UnlearnTrainer(_BaseTrainer):
         lengths = f_mask.sum(-1)
         terms = {"forget_logps": f_seq, "forget_lengths": lengths}
         if args.forget_loss == "ga":
-            forget = ga_loss(f_tok, f_mask)
+            forget = ga_loss(f_tok, f_mask, reduction="pooled" if args.loss_reduction == "pooled" else "example")
         elif args.forget_loss == "npo":
             ref = inputs["ref_forget_logps"].to(f_seq.device)
             forget = npo_loss(f_seq, ref, args.beta)
             terms["ref_forget_logps"] = ref
             terms["npo_weight"] = npo_weight(f_seq, ref, args.beta)
         else:
-            forget = simnpo_loss(f_seq, lengths, args.beta, args.simnpo_gamma)
+            forget = simnpo_loss(f_seq, lengths, args.beta, args.simnpo_gamma, placement=args.simnpo_delta_placement)
         terms["forget_loss"] = forget.mean()
         if args.retain_loss == "nll":
             r_mask = cm[n:].clone()
             r_mask[:, 0] = 0
-            terms["retain_loss"] = nll_loss(token_lp[n:], r_mask).mean()
+            terms["retain_loss"] = nll_loss(token_lp[n:], r_mask, reduction=args.loss_reduction).mean()
         elif args.retain_loss == "kl":
             terms["retain_loss"] = self.retain_kl(
                 model, ids[n:], am[n:], cm[n:], hidden[n:] if hidden is not None else None,
@@ -605,7 +452,8 @@ def train(recipe) -> dict:
     if config.retain_loss != "none":
         loader.retain_rows()
     model, tokenizer, path = model_and_tokenizer(recipe, loader)
-    forget, retain = loader.load_unlearning(tokenizer, process_index=process_state().process_index)
+    forget, retain = loader.load_unlearning(tokenizer, process_index=process_state().process_index,
+                                            max_length=config.max_length)
     ref_model = None
     ref_path = recipe.model.get("ref_name_or_path")
     if ref_path and (config.forget_loss == "npo" or config.retain_loss == "kl"):
@@ -621,7 +469,7 @@ def train(recipe) -> dict:
                 data_path=loader.path, forget_split=loader.forget_split, steps=config.tofu_eval_steps,
                 tokenizer=tokenizer, retain_results=config.tofu_eval_retain_results,
                 max_items=config.tofu_eval_max_items, output_dir=os.path.join(recipe.output_dir, "tofu_eval"),
-                system_prompt=loader.system_prompt,
+                template=loader.prompt_template(tokenizer), max_new_tokens=config.tofu_eval_max_new_tokens,
             )
         )
     trainer = UnlearnTrainer(
