@@ -18,6 +18,9 @@ COMMANDS = {
     "push": ("negalign.hub", "Upload a trained model folder to the Hugging Face Hub with a model card"),
     "quickstart": ("negalign.quickstarts", "Run an offline miniature reproduction: negalign quickstart NAME"),
     "bench": ("negalign.benchmarks", "Run a benchmark side by side with its baseline: negalign bench NAME"),
+    "models": ("negalign.offline_models", "Real pretrained models by name, offline (offline:...): list, fetch"),
+    "recipes": ("negalign.shipped", "List the recipes and accelerate configs installed with negalign"),
+    "accelerate-config": ("negalign.accelerate_config", "Print the path of a shipped accelerate config (zero3, ...)"),
 }
 
 
@@ -73,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     from negalign.config import RecipeError
     from negalign.data import DataError
+    from negalign.generation import GenerationError
 
     try:
         return int(module.main(args) or 0)
-    except (RecipeError, DataError) as e:
+    except (RecipeError, DataError, GenerationError) as e:
         print(f"negalign {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # the non-finite guard (negalign.trainers.guard): nothing saved after it
+        print(f"negalign {args.command}: error: {e}", file=sys.stderr)
+        return 3

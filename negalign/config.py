@@ -45,6 +45,7 @@ METHODS = {
     "w_reinforce": "negalign.trainers.nsr",
     "reinforce": "negalign.trainers.nsr",
     "grpo": "negalign.trainers.nsr",
+    "grpo_trl": "negalign.trainers.nsr",
     "nft": "negalign.trainers.nft",
     "d2o": "negalign.trainers.d2o",
     "madpo_reward": "negalign.trainers.madpo",
@@ -63,6 +64,7 @@ MODEL_KEYS = {
     "trust_remote_code": "Allow custom modelling code from the Hub.",
     "kit": "Build an offline kit model instead: {dir, arch, size, vocab_size, seed} (corpus = the recipe's data).",
     "ref_name_or_path": "Reference model when it differs from the starting model (default: the starting model).",
+    "revision": "Hub revision (commit, tag or branch) of name_or_path; pin it for a paper's numbers.",
 }
 KIT_KEYS = ("dir", "arch", "size", "vocab_size", "seed")
 OUTPUT_KEYS = {
@@ -296,6 +298,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
                 raise _unknown("model.kit", key, KIT_KEYS)
     elif not sections["model"].get("name_or_path"):
         raise RecipeError("model needs name_or_path (a Hub id or a local folder) or kit (an offline kit model)")
+    from negalign.validation import validate_sections
+
+    validate_sections(sections, mod.CONFIG_CLASS)  # values and types, from each field's annotation (one-line errors)
     return Recipe(sections=sections, path=str(path) if path else None, overrides=overrides)
 
 

@@ -147,13 +147,33 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def resolve_model(name_or_path):
+    """``name_or_path`` unchanged, or for an ``offline:`` name (``offline:smollm2-135m-instruct``) the folder of the
+    real pretrained model, fetched, converted and cached on first use (``negalign.offline_models``)."""
+    from negalign.offline_models import resolve
+
+    return resolve(name_or_path)
+
+
+def refuse_missing_folder(path, key: str) -> None:
+    """A name that looks like a local path (``negalign.data.core.looks_like_local_path``) but is no folder here is a
+    DataError naming ``key``: it is never sent to the Hub, where a typo would become a network error."""
+    if path is None or Path(str(path)).expanduser().is_dir():
+        return
+    from negalign.data.core import DataError, looks_like_local_path
+
+    if looks_like_local_path(str(path)):
+        raise DataError(f"model folder not found: {path} ({key}); fix the path, or give a Hub id NAME or OWNER/NAME")
+
+
 def load_model_and_tokenizer(model_section: dict, corpus=None, dtype: str | None = None):
-    """Model and tokenizer for a recipe's ``model`` section: a Hub id / folder, or a kit model built on ``corpus``.
+    """Model and tokenizer for a recipe's ``model`` section: a Hub id / folder / ``offline:`` name, or a kit model
+    built on ``corpus``.
 
     ``corpus`` is a callable returning texts (called only when a kit model must be built)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = model_section.get("name_or_path")
+    path = resolve_model(model_section.get("name_or_path"))
     kit = model_section.get("kit")
     if kit is not None:
         if corpus is None:
@@ -163,12 +183,16 @@ def load_model_and_tokenizer(model_section: dict, corpus=None, dtype: str | None
         kit = dict(kit)
         with process_state().main_process_first():  # under accelerate launch, rank 0 builds and the others reuse
             path = build_kit_model(kit.pop("dir", "runs/kit"), corpus(), **kit)
+    else:
+        refuse_missing_folder(path, "model.name_or_path")
     dtype = dtype or model_section.get("dtype") or "auto"
     kwargs = {"dtype": getattr(torch, dtype) if dtype not in ("auto", None) else "auto"}
     if model_section.get("attn_implementation"):
         kwargs["attn_implementation"] = model_section["attn_implementation"]
+    if model_section.get("revision") and kit is None:
+        kwargs["revision"] = str(model_section["revision"])
     trust = bool(model_section.get("trust_remote_code", False))
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, revision=kwargs.get("revision"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust, **kwargs)

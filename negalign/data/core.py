@@ -11,7 +11,8 @@ class DataError(ValueError):
     """Data that cannot be used: missing file or column, empty split. The message says what is wrong and where."""
 
 
-def read_records(path: str, split: str | None = None, config: str | None = None) -> list[dict]:
+def read_records(path: str, split: str | None = None, config: str | None = None,
+                 revision: str | None = None) -> list[dict]:
     """Rows of a local ``.json``/``.jsonl``/``.parquet`` file, of ``<folder>/<split>.<ext>``, or of a Hub dataset.
 
     A local JSON file may hold one object per line or a single list. A path that does not exist locally is taken as a
@@ -30,24 +31,64 @@ def read_records(path: str, split: str | None = None, config: str | None = None)
             import pyarrow.parquet as pq
 
             return pq.read_table(p).to_pylist()
-        text = p.read_text()
-        stripped = text.lstrip()
-        if stripped.startswith("["):
-            return json.loads(text)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    if p.suffix in (".json", ".jsonl", ".parquet") or path.startswith((".", "/")):
-        raise DataError(f"data file not found: {p}")
+        return _read_json_rows(p)
+    if p.suffix in (".json", ".jsonl", ".parquet") or looks_like_local_path(str(path)):
+        raise DataError(f"data file not found: {p} (a path is never looked up on the Hub; fix the path, or give a "
+                        "Hub id NAME or OWNER/NAME)")
     from datasets import load_dataset
 
-    return list(load_dataset(path, config, split=split or "train"))
+    return list(load_dataset(path, config, split=split or "train", revision=revision))
 
 
-def require_columns(rows: list[dict], columns, where: str) -> None:
+def looks_like_local_path(name: str) -> bool:
+    """A name meant as a local path, never to be sent to the Hub: it starts with ``.``, ``/`` or ``~``, has more than
+    one ``/`` (a Hub id is NAME or OWNER/NAME) or a backslash, or its first component exists here (``runs/sft``)."""
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        return True
+    parts = name.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).exists())
+
+
+def _read_json_rows(p: Path) -> list[dict]:
+    """Rows of a JSON list or a JSONL file; a malformed line is a DataError naming the file and the line."""
+    text = p.read_text()
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p} line {e.lineno} column {e.colno}: not valid JSON ({e.msg}); fix that line") from e
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p} line {lineno}: not valid JSON ({e.msg} at column {e.colno}); fix or remove "
+                                "the line") from e
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{p} row {i + 1}: expected a JSON object with named columns, got "
+                            f"{type(row).__name__}")
+    return rows
+
+
+def require_columns(rows: list[dict], columns, where: str, nullable=()) -> None:
+    """Every row has each of ``columns`` with a value (null only for those in ``nullable``); the error names the
+    row (1-based, as the file's lines of a JSONL file without blank lines)."""
     if not rows:
         raise DataError(f"{where} is empty")
     missing = [c for c in columns if c not in rows[0]]
     if missing:
         raise DataError(f"{where} lacks column(s) {missing}; it has {sorted(rows[0])}")
+    for i, row in enumerate(rows):
+        for c in columns:
+            if c not in row:
+                raise DataError(f"{where} row {i + 1} lacks column {c!r} (it has {sorted(row)}); add it or drop "
+                                "the row")
+            if row[c] is None and c not in nullable:
+                raise DataError(f"{where} row {i + 1} has {c}: null; give it a value or drop the row")
 
 
 def format_prompt(question: str, tokenizer=None, system: str | None = None) -> str:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-
-from transformers import TrainerCallback
 
 from negalign.data import LOADERS
 from negalign.distributed import run_sharded
 from negalign.models import load_model_and_tokenizer
 from negalign.results import write_results
+from negalign.trainers.guard import NonFiniteGuard, resolve_checkpoint
 
 
 def data_loader(recipe):
@@ -33,6 +31,11 @@ def reference_model(recipe, dtype=None):
         return None
     from transformers import AutoModelForCausalLM
 
+    from negalign.models import refuse_missing_folder, resolve_model
+
+    path = resolve_model(path)  # an offline: name becomes its cached folder
+    refuse_missing_folder(path, "model.ref_name_or_path")
+
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
 
 
@@ -45,23 +48,31 @@ def peft_config(recipe):
     return LoraConfig(**kwargs)
 
 
-class NonFiniteLossCallback(TrainerCallback):
-    """Stop with a clear error when the logged loss is NaN or infinite (nothing is saved over the last checkpoint)."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss {loss} at step {state.global_step}; lower the learning rate or check the data. "
-                f"The last good checkpoint (if any) is in {args.output_dir}; resume with training.resume_from_checkpoint."
-            )
+# the trainers pass one to their constructor; ``train_and_finish`` installs one where none was passed
+NonFiniteLossCallback = NonFiniteGuard
 
 
 def train_and_finish(trainer, recipe, extra_metrics: dict | None = None, resume=None) -> dict:
-    """Run ``trainer.train()``, save the model, write results.json, push if asked. Returns the metrics."""
+    """Run ``trainer.train()`` under the non-finite guard (``negalign.trainers.guard``), save the model, write
+    results.json, push if asked. Returns the metrics; after a resume ``train_loss`` covers the whole run."""
     resume = resume if resume is not None else recipe.training.get("resume_from_checkpoint")
+    guard = next((c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard)), None)
+    if guard is None:
+        guard = NonFiniteGuard()
+        trainer.add_callback(guard)
+    guard.attach(trainer, recipe)
+    from negalign.hub import attach_to_trainer
+
+    attach_to_trainer(trainer, recipe)  # negalign's model card (method, paper, data) wherever TRL writes its own
+    checkpoint = resolve_checkpoint(resume, trainer.args.output_dir)
+    restored = guard.restore(checkpoint) if checkpoint else False
     out = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(out.metrics)
+    if restored and trainer.state.global_step > 0:
+        # transformers averages over the steps of this call only
+        steps_now = trainer.state.global_step - guard.prior_steps
+        metrics["train_loss"] = (guard.prior_loss_sum + metrics["train_loss"] * steps_now) / trainer.state.global_step
+        metrics["resumed_from_step"] = guard.prior_steps
     metrics["log_history"] = trainer.state.log_history
     if extra_metrics:
         metrics.update(extra_metrics)
@@ -73,11 +84,13 @@ def train_and_finish(trainer, recipe, extra_metrics: dict | None = None, resume=
         tok = getattr(trainer, "processing_class", None)
         if tok is not None:
             tok.save_pretrained(recipe.output_dir)
-        write_results(recipe.output_dir, metrics, recipe=recipe.to_dict(), method=recipe.method_name)
+        write_results(recipe.output_dir, metrics, recipe=recipe.to_dict(), method=recipe.method_name,
+                      status="finished", error=None)
         if recipe.output.get("push_to_hub"):
             from negalign.hub import push
 
-            push(recipe.output_dir, repo_id=recipe.output["repo_id"], private=bool(recipe.output.get("private")))
+            push(recipe.output_dir, repo_id=recipe.output["repo_id"], private=bool(recipe.output.get("private")),
+                 recipe=recipe.to_dict(), method=recipe.method_name)
     return metrics
 
 
