@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", type=int, default=32768, help="Model vocabulary (the logits' last dimension).")
     parser.add_argument("--size", default="small", help="Kit size (negalign.models.SIZES).")
     parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--model", default=None, help="A model folder, Hub id or offline: name (e.g. "
+                        "offline:smollm2-135m-instruct) instead of a kit model; --size and --vocab are then its own.")
 
 
 def _child(variant: str, kit: str, batch: int, seq: int, chunk: int) -> dict:
@@ -74,7 +76,16 @@ def main(args) -> int:
 
     corpus = [f"sample text number {i} with words {i % 13} and {i % 7}" for i in range(200)]
     with tempfile.TemporaryDirectory() as tmp:
-        kit = build_kit_model(f"{tmp}/kit", corpus, size=args.size, model_vocab_size=args.vocab)
+        if args.model:
+            from transformers import AutoConfig
+
+            from negalign.models import resolve_model
+
+            kit = resolve_model(args.model)  # an offline: name becomes its cached folder
+            args.vocab = AutoConfig.from_pretrained(kit).vocab_size
+            args.size = None
+        else:
+            kit = build_kit_model(f"{tmp}/kit", corpus, size=args.size, model_vocab_size=args.vocab)
         common = [kit, str(args.batch_size), str(args.seq_len), str(args.chunk_size)]
         res = {v: run_child(__name__, ["--child", v, *common]) for v in ("decoder", "naive", "chunked")}
     if abs(res["naive"]["loss"] - res["chunked"]["loss"]) > 1e-2 * abs(res["naive"]["loss"]):

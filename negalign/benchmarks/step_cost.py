@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="Forget rows per step (plus as many retain rows).")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=3)
+    parser.add_argument("--model", default=None, help="A model folder, Hub id or offline: name (e.g. "
+                        "offline:smollm2-135m-instruct) instead of a kit model (--size is then ignored).")
     parser.add_argument("--tofu", default=None, help="TOFU folder (default: ../shared/data/tofu when present, "
                         "else a generated fictitious-author set).")
 
@@ -77,7 +79,12 @@ def main(args) -> int:
     data = TofuData(path=tofu, forget_split="forget10", max_forget=args.batch_size * 4, max_retain=200)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        kit = build_kit_model(f"{tmp}/kit", data.texts(), size=args.size, vocab_size=4096)
+        if args.model:
+            from negalign.models import resolve_model
+
+            kit = resolve_model(args.model)  # an offline: name becomes its cached folder
+        else:
+            kit = build_kit_model(f"{tmp}/kit", data.texts(), size=args.size, vocab_size=4096)
         tok = AutoTokenizer.from_pretrained(kit)
         model = AutoModelForCausalLM.from_pretrained(kit, dtype=torch.float32)
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -109,7 +116,8 @@ def main(args) -> int:
         params = count_parameters(model)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = {"npo_rt_over_sft": med["npo_rt"] / med["sft"], "per_step_ref_over_cached": med["per_step_ref"] / med["npo_rt"]}
-    print(f"step-cost on {machine_line()}: kit {args.size} ({params / 1e6:.1f}M parameters), "
+    which = args.model or f"kit {args.size}"
+    print(f"step-cost on {machine_line()}: {which} ({params / 1e6:.1f}M parameters), "
           f"{args.batch_size} forget + {args.batch_size} retain rows ({tokens} tokens), median of "
           f"{args.rounds * args.steps_per_round} steps")
     for k, v in med.items():
