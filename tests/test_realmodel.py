@@ -127,8 +127,9 @@ def test_unlearning_encodings_label_the_answer_then_eos(tokenizer, shared_data):
             assert tokenizer.decode(ids[:first]).endswith("<|im_end|>\n<|im_start|>assistant\n")
             want = _answer_ids(tokenizer, row["answer"])
             assert ids[first:first + len(want)] == want, tokenizer.decode(ids[first:])
-            # what may follow the answer's <|im_end|> is only the template's turn end ("\n") and EOS
-            assert set(tokenizer.decode(t) for t in ids[first + len(want):]) <= {"\n", "<|im_end|>"}
+            # the default (auto = chat, as TRL's SFT made the checkpoint) ends at the answer's one <|im_end|>; the
+            # open-unlearning chat preset would render the turn and append EOS again ("<|im_end|>\n<|im_end|>")
+            assert len(ids) == first + len(want)
 
 
 @pytest.mark.slow
