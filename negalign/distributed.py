@@ -6,13 +6,18 @@ from __future__ import annotations
 import math
 
 
+def accelerator_available() -> bool:
+    """A CUDA or XPU device is usable by this process."""
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
 def process_state():
     """accelerate's process state for this job. On a machine without an accelerator it must be created with
     ``cpu=True``: otherwise a multi-process launch (``--multi_gpu``, torchrun) falls back to one process per rank, and,
     the state being a singleton, so would the trainer built after it."""
     from accelerate import PartialState
-
-    from negalign.config import accelerator_available
 
     return PartialState(cpu=not accelerator_available())
 

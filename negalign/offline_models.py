@@ -32,17 +32,13 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from negalign.config import RecipeError
+from negalign.errors import OfflineModelError, RecipeError  # noqa: F401  (their home; re-exported here)
 
 PREFIX = "offline:"
 CACHE_ENV = "NEGALIGN_CACHE"
 # Part of each cached folder's name: bump it when the conversion changes, so old caches are not reused.
 FORMAT_VERSION = 1
 RECORD = "negalign_offline.json"  # how the cached folder was made
-
-
-class OfflineModelError(RecipeError):
-    """An ``offline:`` model that cannot be provided; the message says how to provide it by hand."""
 
 
 class PackageIndexUnreachable(OfflineModelError):

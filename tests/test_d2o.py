@@ -11,6 +11,7 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from negalign.data import DataError, NegativesData, format_prompt
+from negalign.generation import GenerationError
 from negalign.logprobs import sequence_logps, token_logps
 from negalign.trainers.d2o import D2OConfig, D2OTrainer
 from tests.conftest import BAD, GOOD, QUESTIONS, perturbed
@@ -89,6 +90,7 @@ def test_anchors_generated_once_and_reference_logps_cached_once(kit, tmp_path):
     prompts = [format_prompt(q, tok) for q in QUESTIONS]
     data = Dataset.from_dict({"prompt": prompts, "rejected": BAD})
     args = _cfg(tmp_path, num_anchors=2, max_steps=3, learning_rate=1e-3)
+    untrained = copy.deepcopy(model)  # the anchors' source; training below changes ``model`` in place
     tr = D2OTrainer(model, args=args, train_dataset=data, processing_class=tok)
     assert tr.anchor_generation_calls == 1
     rows = [json.loads(line) for line in open(tmp_path / "out" / "anchors.jsonl") if '"id"' in line]
@@ -107,9 +109,30 @@ def test_anchors_generated_once_and_reference_logps_cached_once(kit, tmp_path):
     tr.train()
     assert calls["n"] == 0 and tr.ref_logp_batches == 2  # no reference forward inside the training steps
     # a second run with the same anchors file reads it instead of sampling again
-    tr2 = D2OTrainer(copy.deepcopy(model), args=args, train_dataset=data, processing_class=tok)
+    tr2 = D2OTrainer(copy.deepcopy(untrained), args=args, train_dataset=data, processing_class=tok)
     assert tr2.anchor_generation_calls == 0
     assert tr2.train_dataset["anchors"] == [r["completions"] for r in rows]
+
+
+def test_complete_anchors_file_of_another_model_or_prompts_is_refused(kit, tmp_path):
+    """issue #13: a complete anchors file is read without ``generate``, so its header's model and prompts are
+    checked there too; before, a file sampled from another reference was used as this one's anchors."""
+    model, tok = kit
+    prompts = [format_prompt(q, tok) for q in QUESTIONS[:3]]
+    data = Dataset.from_dict({"prompt": prompts, "rejected": BAD[:3]})
+    args = _cfg(tmp_path, num_anchors=1)
+    D2OTrainer(copy.deepcopy(model), args=args, train_dataset=data, processing_class=tok)  # writes the anchors
+    other = perturbed(model)  # another reference: same architecture and name, other weights
+    with pytest.raises(GenerationError, match="different model"):
+        D2OTrainer(other, args=args, train_dataset=data, processing_class=tok)
+    # the same file for other prompts (the header's prompt hash differs; the rows' prompts are ours, edited)
+    path = tmp_path / "out" / "anchors.jsonl"
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["prompts"] = "0" * 16
+    path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    with pytest.raises(GenerationError, match="different prompts"):
+        D2OTrainer(copy.deepcopy(model), args=args, train_dataset=data, processing_class=tok)
 
 
 def test_bad_input_is_a_clear_error(kit, tmp_path):

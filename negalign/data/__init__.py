@@ -9,7 +9,7 @@ from negalign.data.core import DataError, QAData, format_prompt, read_records
 from negalign.data.preference import NegativesData, PreferenceData
 from negalign.data.math import ArithmeticData, GSM8KData, MathData
 from negalign.data.tofu import TofuData
-from negalign.data.steps import StepArithData
+from negalign.data.steps import StepArithData, chat_prompt
 
 LOADERS = {
     "qa": QAData,
@@ -22,4 +22,4 @@ LOADERS = {
     "steparith": StepArithData,
 }
 
-__all__ = ["LOADERS", "DataError", "QAData", "format_prompt", "read_records"]
+__all__ = ["LOADERS", "DataError", "QAData", "chat_prompt", "format_prompt", "read_records"]

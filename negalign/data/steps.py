@@ -21,6 +21,17 @@ from dataclasses import dataclass, field
 
 from negalign.data.core import DataError
 
+
+def chat_prompt(messages_or_text, tokenizer) -> str:
+    """The text the policy is conditioned on for a ``prompt`` column of these loaders (and ``GSM8KData``'s): the chat
+    template with a generation prompt, the messages one per line without a template, or the text as given."""
+    if isinstance(messages_or_text, str):
+        return messages_or_text
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages_or_text, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in messages_or_text) + "\n"
+
+
 def make_problem(rng: random.Random, num_steps: int, max_value: int, max_operand: int) -> tuple[str, str, int]:
     """One chain problem: (question, step-by-step solution ending in ``#### answer``, answer)."""
     value = rng.randint(0, max_value)

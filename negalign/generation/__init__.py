@@ -34,8 +34,7 @@ class SamplingConfig:
     min_new_tokens: int = 0  # no end-of-sequence before this many tokens (benchmarks use it to fix the length)
 
 
-class GenerationError(RuntimeError):
-    """Generation cannot proceed: an output file from different arguments, an unavailable backend."""
+from negalign.errors import GenerationError  # noqa: E402,F401  (its home; re-exported here)
 
 
 # ----------------------------------------------------------------------------------------------------------- engines

@@ -77,9 +77,9 @@ def _correct(model_dir: str, test: list[dict], cache: Path) -> list[int]:
     """Per test problem: 1 if the greedy answer is right."""
     from transformers import AutoTokenizer
 
+    from negalign.data import chat_prompt
     from negalign.generation import generate
     from negalign.rewards import verify_gsm8k
-    from negalign.trainers.perstep import chat_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     prompts = [chat_prompt(e["prompt"], tok) for e in test]

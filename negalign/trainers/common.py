@@ -8,7 +8,12 @@ from negalign.data import LOADERS
 from negalign.distributed import run_sharded
 from negalign.models import load_model_and_tokenizer
 from negalign.results import write_results
+from negalign.trainers import compat
 from negalign.trainers.guard import NonFiniteGuard, resolve_checkpoint
+
+# every trainer is a transformers Trainer: the guard wraps its private ``_get_grad_norm``, the RLVR and unlearning
+# trainers extend ``_save_checkpoint`` (the full list: negalign.trainers.compat)
+compat.check("transformers.Trainer")
 
 
 def data_loader(recipe):
@@ -133,6 +138,29 @@ def precompute_dpo_reference(trainer, dataset, batch_size: int):
     values = run_sharded(score, len(dataset))
     dataset = dataset.add_column("ref_chosen_logps", [v[0] for v in values])
     return dataset.add_column("ref_rejected_logps", [v[1] for v in values])
+
+
+def fused_sequence_logps(model, inputs: dict, skip) -> tuple:
+    """Summed completion log-probs of each row of a DPO-style batch (``input_ids`` / ``attention_mask`` /
+    ``completion_mask``, ``[N, L]``) through the fused LM head that ``DPOTrainer`` installs (per-token log-probs in
+    tiles, never ``[N, L, V]`` logits): the numbers TRL's DPO loss uses. ``skip``: batch keys that are not model
+    inputs. Returns ``(logps [N], outputs)``."""
+    completion_mask = inputs["completion_mask"]  # [N, L]
+    model_kwargs = {k: v for k, v in inputs.items() if k not in skip}
+    model_kwargs["use_cache"] = False
+    labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+    outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+    seq_len = completion_mask.size(1) - 1
+    return outputs.log_probs[:, -seq_len:].sum(dim=1), outputs  # [N]
+
+
+def log_dpo_tokens(trainer, inputs: dict, metrics: dict, mode: str) -> None:
+    """``DPOTrainer``'s ``num_tokens`` metric: the trained tokens so far, over all processes (TRL's private
+    ``_total_train_tokens`` / ``_tp_size``, listed in ``negalign.trainers.compat``)."""
+    if mode == "train":
+        gathered = trainer.accelerator.gather_for_metrics(inputs["attention_mask"].sum())
+        trainer._total_train_tokens += gathered.sum().item() // trainer._tp_size
+    metrics["num_tokens"] = [trainer._total_train_tokens]
 
 
 def ensure_dir(path) -> Path:

@@ -27,18 +27,27 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
-from trl import DPOConfig, DPOTrainer
-from trl.data_utils import _tokenize, common_prefix_length
-from trl.trainer.utils import pad
+
+from negalign.trainers import compat
+
+# before the imports of TRL's private helpers below, so that a missing one is named with the tested range
+compat.check("trl.DPOTrainer", "trl.data_utils", "trl.trainer.utils", "trl.models.utils", "transformers.Trainer",
+             "transformers.PretrainedConfig")
+
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+from trl.data_utils import _tokenize, common_prefix_length  # noqa: E402
+from trl.trainer.utils import pad  # noqa: E402
 
 from negalign.data import DataError
 from negalign.distributed import run_sharded
-from negalign.generation import generate_distributed, make_engine, read_generations
+from negalign.generation import check_generation_file, generate_distributed, make_engine, read_generations
 from negalign.losses import d2o_loss
 from negalign.trainers.common import (
     NonFiniteLossCallback,
     data_loader,
     dpo_reference_scorer,
+    fused_sequence_logps,
+    log_dpo_tokens,
     model_and_tokenizer,
     peft_config,
     reference_model,
@@ -135,16 +144,19 @@ class D2OCollator:
         return out
 
 
-def anchors_from_file(path: str | os.PathLike, prompts: list[str], k: int) -> list[list[str]] | None:
+def anchors_from_file(path: str | os.PathLike, prompts: list[str], k: int, model=None) -> list[list[str]] | None:
     """The first K anchors per prompt from a generation file, or None when the file does not cover every prompt yet.
 
-    Raises ``DataError`` when the file holds other prompts or fewer than K samples for a prompt."""
+    Raises ``GenerationError`` when the file's header records another model than ``model`` (the anchors' source: a
+    loaded model or its folder) or other prompts, as ``generate`` does when it resumes into the file; ``DataError``
+    when a row holds another prompt or fewer than K samples."""
     p = Path(path)
     if not p.exists():
         return None
     rows = {r["id"]: r for r in read_generations(p)}
     if not all(i in rows for i in range(len(prompts))):
-        return None
+        return None  # incomplete: ``generate`` resumes it, after the same identity check
+    check_generation_file(p, prompts, model=model)
     out = []
     for i, prompt in enumerate(prompts):
         row = rows[i]
@@ -234,12 +246,12 @@ class D2OTrainer(DPOTrainer):
             return dataset.add_column("anchors", [list(a[:k]) for a in anchors])
         prompts = list(dataset["prompt"])
         path = args.anchors_path or os.path.join(args.output_dir, "anchors.jsonl")
-        anchors = anchors_from_file(path, prompts, k)
+        backend = args.anchor_backend
+        source = source_model
+        if backend == "vllm":  # vLLM loads weights from a folder: the reference's own
+            source = getattr(source_model.config, "_name_or_path", None) or source_model
+        anchors = anchors_from_file(path, prompts, k, model=source)
         if anchors is None:
-            backend = args.anchor_backend
-            source = source_model
-            if backend == "vllm":  # vLLM loads weights from a folder: the reference's own
-                source = getattr(source_model.config, "_name_or_path", None) or source_model
             engine = make_engine(source, backend, tokenizer)
             was_training = getattr(source_model, "training", False)
             # under several processes each samples its share of the batches and the main process merges them
@@ -369,13 +381,7 @@ class D2OTrainer(DPOTrainer):
             # collated before the last refresh (the dataloader prefetches a batch): rebuild it with the new anchors
             rows = [self.train_dataset[int(i)] for i in inputs["index"].tolist()]
             inputs = self._prepare_inputs(self.data_collator(rows))
-        completion_mask = inputs["completion_mask"]
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        model_kwargs["use_cache"] = False
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        seq_len = completion_mask.size(1) - 1
-        logps = outputs.log_probs[:, -seq_len:].sum(dim=1)  # [B·K + B] summed response log-probs
+        logps, outputs = fused_sequence_logps(model, inputs, _NON_MODEL_KEYS)  # [B·K + B] summed response log-probs
 
         ref_pos, ref_neg = inputs["ref_anchor_logps"], inputs["ref_rejected_logps"]  # [B, K], [B]
         b, k = ref_pos.shape
@@ -393,9 +399,7 @@ class D2OTrainer(DPOTrainer):
             m["rewards/accuracies"].append(gather((self.beta * pos_ratio > self.alpha * neg_ratio).float()).mean().item())
             m["logps/anchors"].append(gather(pol_pos.mean(-1)).mean().item())
             m["logps/negative"].append(gather(pol_neg).mean().item())
-            if mode == "train":
-                self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
-            m["num_tokens"] = [self._total_train_tokens]
+            log_dpo_tokens(self, inputs, m, mode)
             m["anchor_refreshes"] = [self.anchor_refreshes]
         if return_outputs:
             return loss, outputs

@@ -26,8 +26,7 @@ from transformers import TrainerCallback
 RUN_FILE = "negalign_run.json"  # written into every checkpoint folder
 
 
-class NonFiniteError(FloatingPointError):
-    """A non-finite loss or gradient norm: the run stopped before the update; the message names the last checkpoint."""
+from negalign.errors import NonFiniteError  # noqa: E402,F401  (its home; re-exported here)
 
 
 def checkpoints(output_dir) -> list[tuple[int, Path]]:

@@ -24,18 +24,26 @@ from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
-from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
-from trl.data_utils import _tokenize
-from trl.trainer.dpo_trainer import DataCollatorForPreference
-from trl.trainer.utils import pad
 
-from negalign.config import RecipeError, accelerator_available
-from negalign.data import DataError
-from negalign.distributed import process_state, run_sharded
+from negalign.trainers import compat
+
+# before the imports of TRL's private helpers below, so that a missing one is named with the tested range
+compat.check("trl.DPOTrainer", "trl.data_utils", "trl.trainer.utils", "trl.trainer.dpo_trainer",
+             "transformers.Trainer")
+
+from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer  # noqa: E402
+from trl.data_utils import _tokenize  # noqa: E402
+from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
+from trl.trainer.utils import pad  # noqa: E402
+
+from negalign.distributed import accelerator_available, process_state, run_sharded
+from negalign.errors import DataError, RecipeError
 from negalign.losses import madpo_loss, madpo_weights
 from negalign.trainers.common import (
     NonFiniteLossCallback,
     data_loader,
+    fused_sequence_logps,
+    log_dpo_tokens,
     model_and_tokenizer,
     peft_config,
     precompute_dpo_reference,
@@ -225,14 +233,8 @@ class MADPOTrainer(DPOTrainer):
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        completion_mask = inputs["completion_mask"]
         skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *_EXTRA_KEYS}
-        model_kwargs = {k: v for k, v in inputs.items() if k not in skip}
-        model_kwargs["use_cache"] = False
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        seq_len = completion_mask.size(1) - 1
-        logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
+        logps, outputs = fused_sequence_logps(model, inputs, skip)  # [2B]
         chosen, rejected = logps.chunk(2, dim=0)  # the collator stacks [chosen; rejected]
         ref_c, ref_r, w = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], inputs["madpo_weight"]
         loss = madpo_loss(chosen, ref_c, rejected, ref_r, w, beta=self.beta).mean()
@@ -252,9 +254,7 @@ class MADPOTrainer(DPOTrainer):
             met["madpo/weight_min"].append(ww.min().item())
             met["madpo/weight_max"].append(ww.max().item())
             met["madpo/rm_margin_mean"].append(g(inputs["margin"]).mean().item())
-            if mode == "train":
-                self._total_train_tokens += g(inputs["attention_mask"].sum()).sum().item() // self._tp_size
-            met["num_tokens"] = [self._total_train_tokens]
+            log_dpo_tokens(self, inputs, met, mode)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -265,7 +265,9 @@ def _model_path(recipe, loader) -> str:
     """The folder (or Hub id) of the recipe's model; a kit model is built first."""
     kit = recipe.model.get("kit")
     if kit is None:
-        return recipe.model["name_or_path"]
+        from negalign.models import resolve_model
+
+        return resolve_model(recipe.model["name_or_path"])  # an offline: name becomes its cached folder
     from negalign.models import build_kit_model
 
     kit = dict(kit)

@@ -28,8 +28,11 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from negalign.losses import nft_loss, nft_prompt_weight
+from negalign.trainers import compat
 from negalign.trainers.common import train_and_finish
 from negalign.trainers.nsr import RLVRMixin, build_trainer
+
+compat.check("trl.GRPOTrainer", "transformers.Trainer")  # private GRPOTrainer methods overridden below
 
 OMEGAS = ("one_minus_r", "sqrt", "one")
 REDUCTIONS = ("sum_const", "token_mean")

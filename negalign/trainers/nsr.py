@@ -34,34 +34,27 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import trl
 from packaging.version import Version
 from trl import GRPOConfig, GRPOTrainer
 
 from negalign.losses import NSR_MODES, masked_mean, nsr_advantages, ppo_clip_loss
+from negalign.trainers import compat
 from negalign.trainers.common import NonFiniteLossCallback, data_loader, model_and_tokenizer, peft_config, train_and_finish
 
 SUBSET_MODES = ("psr", "nsr")  # the reference subsets the batch for these; w_reinforce / reinforce keep every row
-TESTED_TRL = (Version("1.16.0"), Version("1.17.0"))  # [low, high)
+TESTED_TRL = tuple(Version(v) for v in compat.TESTED["trl"])  # [low, high)
+_PRIVATE_API = compat.PRIVATE_API["trl.GRPOTrainer"].names  # the private GRPOTrainer names overridden here
 ROLLOUT_STATE = "rollout_state_{}.pt"  # per process, inside each checkpoint folder
-_PRIVATE_API = ("_generate", "_generate_and_score_completions", "_calculate_rewards",
-                "_get_per_token_logps_and_entropies", "_compute_loss")
+_COMPAT = ("trl.GRPOTrainer", "transformers.Trainer")
 
 
 def check_trl_version() -> None:
-    """Raise ImportError unless the installed TRL is in the tested range and has the private methods overridden here."""
-    if os.environ.get("NEGALIGN_ALLOW_UNTESTED_TRL") == "1":
-        return
-    v = Version(trl.__version__)
-    if not (TESTED_TRL[0] <= v < TESTED_TRL[1]):
-        raise ImportError(
-            f"negalign's RLVR trainers (nsr, nft) override private methods of trl.GRPOTrainer and are tested with "
-            f"trl>={TESTED_TRL[0]},<{TESTED_TRL[1]}; found trl {v}. Install a tested version "
-            f"(pip install 'trl>={TESTED_TRL[0]},<{TESTED_TRL[1]}') or set NEGALIGN_ALLOW_UNTESTED_TRL=1 to try anyway."
-        )
-    missing = [name for name in _PRIVATE_API if not hasattr(GRPOTrainer, name)]
-    if missing:
-        raise ImportError(f"trl.GRPOTrainer {v} lacks {missing}, which negalign's RLVR trainers override")
+    """Raise ImportError unless the installed TRL is in the tested range and has the private methods overridden here
+    (``negalign.trainers.compat``)."""
+    compat.check(*_COMPAT)
+
+
+compat.check(*_COMPAT)
 
 
 @dataclass

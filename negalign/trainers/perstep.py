@@ -36,9 +36,11 @@ import torch
 from transformers import Trainer
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from negalign.data.steps import chat_prompt  # noqa: F401  (its home is negalign.data; re-exported here)
 from negalign.distributed import process_state
 from negalign.losses import masked_mean, step_weighted_nll, step_weights
 from negalign.logprobs import token_logps
+from negalign.trainers import compat
 from negalign.trainers.common import (
     NonFiniteLossCallback,
     data_loader,
@@ -48,6 +50,8 @@ from negalign.trainers.common import (
     precompute_dpo_reference,
     train_and_finish,
 )
+
+compat.check("trl.DPOTrainer", "transformers.Trainer")  # private DPOTrainer / Trainer methods overridden below
 
 PAIR_MODES = ("first_pit", "full")
 CHOSEN_SOURCES = ("self_then_gold", "self", "gold")
@@ -108,15 +112,6 @@ METHOD_DEFAULTS = {
 
 
 # --------------------------------------------------------------------------------------------------------- data prep
-
-
-def chat_prompt(messages_or_text, tokenizer) -> str:
-    """The text the policy is conditioned on: the chat template with a generation prompt (or the text as given)."""
-    if isinstance(messages_or_text, str):
-        return messages_or_text
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages_or_text, tokenize=False, add_generation_prompt=True)
-    return "\n".join(m["content"] for m in messages_or_text) + "\n"
 
 
 def solution_text(completion) -> str:
