@@ -12,8 +12,16 @@ What it does, with the public API only (recipes → ``negalign.train.run``, ``ne
 3. unlearns ``forget01`` from the fine-tuned model with GA, GradDiff, NPO, NPO+RT and SimNPO for the same number of
    steps, evaluating the TOFU metrics during training (``method.tofu_eval_steps``);
 4. prints a table, writes ``DIR/results.json`` (``methods.<name>.forget_quality`` / ``model_utility`` /
-   ``forget_rouge`` / ``forget_truth_ratio`` …) and ``DIR/fq_vs_mu.png`` (forget quality against model utility
-   over training, as the NPO paper's figure).
+   ``forget_rouge`` / ``forget_truth_ratio`` …), ``DIR/table.md`` and ``DIR/fq_vs_mu.png`` (forget quality against
+   model utility over training, as the NPO paper's figure);
+5. states the paper's claims as paired per-item comparisons and decides each from a 95% interval
+   (``negalign.quickstarts.tofu_claims``): ``claims`` in results.json and table.md, the verdict table printed, and
+   each seed's forget quality beside it (``forget_quality_per_seed``).
+
+``--seeds N`` repeats the unlearning runs with seeds ``seed, seed+1, …`` (batch order and training seed; runs of the
+extra seeds under ``DIR/seed<S>/<method>``) and pools them in the intervals. The fine-tuned and retain models are
+trained once, with ``--seed``, and shared by every seed: the seeds vary the unlearning, not the models it starts from
+or is compared with. The table shows the means over seeds; the curves and the plot are the first seed's.
 
 The numbers are what this miniature measures on this machine; they are not tuned to match the paper.
 """
@@ -61,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Greedy generation length of the ROUGE evaluations (TOFU: 200; stops at EOS).")
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="Unlearning seeds (seed, seed+1, ...), pooled in the claims' intervals; the fine-tuned "
+                             "and retain models are trained once (with --seed) and shared by every seed.")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: 1 on machines with <= 4 cores, where several busy-waiting "
                              "threads per process slow a shared machine down several-fold; else torch's default).")
@@ -184,23 +195,25 @@ def _sft(out_dir: Path, model: dict, data_dir: Path, split: str, args) -> None:
     run(recipe)
 
 
-def _unlearn(method: str, out_dir: Path, finetuned: Path, data_dir: Path, retain_eval: Path, args) -> None:
+def _unlearn(method: str, out_dir: Path, finetuned: Path, data_dir: Path, retain_eval: Path, args,
+             seed: int | None = None) -> None:
     from negalign.config import load_recipe
     from negalign.train import run
 
     # step 0 is the fine-tuned model, evaluated once for all methods
     steps = sorted({*range(args.eval_every, args.unlearn_steps + 1, args.eval_every), args.unlearn_steps})
+    seed = args.seed if seed is None else seed
     recipe = load_recipe(data={
         "model": {"name_or_path": str(finetuned), "dtype": "float32"},
         "data": {"name": "tofu", "path": str(data_dir), "forget_split": FORGET_SPLIT, "retain_split": "retain99",
-                 "seed": args.seed},
+                 "seed": seed},
         "method": {"name": method, "max_length": 160, "tofu_eval_steps": steps,
                    "tofu_eval_retain_results": str(retain_eval), "tofu_eval_max_items": args.eval_items,
                    "tofu_eval_max_new_tokens": args.max_new_tokens},
         "training": {"learning_rate": args.unlearn_lr, "max_steps": args.unlearn_steps,
                      "per_device_train_batch_size": args.batch_size, "lr_scheduler_type": "constant",
                      "gradient_checkpointing": False, "logging_steps": max(1, args.eval_every // 2),
-                     "save_strategy": "no", "seed": args.seed, "disable_tqdm": True},
+                     "save_strategy": "no", "seed": seed, "disable_tqdm": True},
         "output": {"dir": str(out_dir)},
     })
     run(recipe)
@@ -270,6 +283,8 @@ def main(args) -> int:
 
 
 def _main(args) -> int:
+    from negalign.evaluation.claims import claims_table
+    from negalign.quickstarts.tofu_claims import FQ_THRESHOLD, load_items, npo_tofu_claims
     from negalign.results import write_results
 
     t0 = time.time()
@@ -306,14 +321,32 @@ def _main(args) -> int:
     print(f"[npo-tofu] fine-tuned: forget quality {_fmt(summaries['finetuned']['forget_quality'])}, "
           f"model utility {_fmt(summaries['finetuned']['model_utility'])}", flush=True)
 
-    for m in methods:
-        t = time.time()
-        _unlearn(m, out / m, out / "finetuned", data_dir, retain_eval, args)
-        curves[m] = [{"step": 0, **summaries["finetuned"]}] + _curve(out / m)
-        summaries[m] = dict(curves[m][-1])
-        timings[f"{m}_s"] = time.time() - t
-        print(f"[npo-tofu] {LABELS[m]}: {args.unlearn_steps} steps in {timings[m + '_s']:.0f}s, forget quality "
-              f"{_fmt(summaries[m]['forget_quality'])}, model utility {_fmt(summaries[m]['model_utility'])}", flush=True)
+    seeds = [args.seed + i for i in range(max(1, args.seeds))]
+    per_seed: dict[int, dict] = {}
+    evals = {"finetuned": load_items(out / "finetuned" / "eval" / "results.json"),
+             "retain": load_items(retain_eval)}
+    for s in seeds:
+        per_seed[s] = {}
+        root = out if s == seeds[0] else out / f"seed{s}"
+        for m in methods:
+            t = time.time()
+            _unlearn(m, root / m, out / "finetuned", data_dir, retain_eval, args, seed=s)
+            curve = [{"step": 0, **summaries["finetuned"]}] + _curve(root / m)
+            if s == seeds[0]:
+                curves[m] = curve
+            per_seed[s][m] = dict(curve[-1])
+            evals.setdefault(m, []).append(load_items(root / m / "tofu_eval" / f"step-{curve[-1]['step']}" /
+                                                      "results.json"))
+            tag = m if s == seeds[0] else f"{m}_seed{s}"
+            timings[f"{tag}_s"] = time.time() - t
+            print(f"[npo-tofu] {LABELS[m]} (seed {s}): {args.unlearn_steps} steps in {timings[tag + '_s']:.0f}s, "
+                  f"forget quality {_fmt(per_seed[s][m]['forget_quality'])}, model utility "
+                  f"{_fmt(per_seed[s][m]['model_utility'])}", flush=True)
+    for m in methods:  # the mean over seeds of every number (one seed: that seed's values)
+        rows = [per_seed[s][m] for s in seeds]
+        summaries[m] = {k: (sum(r[k] for r in rows) / len(rows) if all(isinstance(r.get(k), (int, float))
+                                                                         for r in rows) else rows[0].get(k))
+                        for k in rows[0]}
 
     png = out / "fq_vs_mu.png"
     _plot(png, summaries, curves)
@@ -322,17 +355,26 @@ def _main(args) -> int:
     header = f"{'model':<11}" + "".join(f"{k:>20}" for k in keys)
     lines = [header, "-" * len(header)]
     for name in order:
-        s = summaries[name]
-        lines.append(f"{LABELS[name]:<11}" + "".join(f"{_fmt(s.get(k)):>20}" for k in keys))
+        row = summaries[name]
+        lines.append(f"{LABELS[name]:<11}" + "".join(f"{_fmt(row.get(k)):>20}" for k in keys))
+    if len(seeds) > 1:
+        lines.append(f"(methods: means over unlearning seeds {seeds}; fine-tuned and retain models shared; curves "
+                     f"and plot: seed {seeds[0]})")
     table = "\n".join(lines)
     print(table)
-    ft_mu = summaries["finetuned"]["model_utility"]
-    checks = {}
-    if "npo_rt" in summaries:
-        checks["npo_rt_forget_quality_above_finetuned"] = summaries["npo_rt"]["forget_quality"] > summaries["finetuned"]["forget_quality"]
-        checks["npo_rt_utility_at_least_80pct_of_finetuned"] = summaries["npo_rt"]["model_utility"] >= 0.8 * ft_mu
-    if "ga" in summaries:
-        checks["ga_loses_utility"] = summaries["ga"]["model_utility"] < summaries["finetuned"]["model_utility"]
+    fq_per_seed = {m: [per_seed[s][m]["forget_quality"] for s in seeds] for m in methods}
+    fq_lines = [f"forget quality per seed {seeds} (≥ {FQ_THRESHOLD:g} means the KS test does not tell the model "
+                f"from the retain model): fine-tuned {_fmt(summaries['finetuned']['forget_quality'])}"]
+    fq_lines += [f"  {LABELS[m]}: " + ", ".join(_fmt(v) for v in fq_per_seed[m]) for m in methods]
+    claims = npo_tofu_claims(evals, seeds)
+    verdicts = claims_table(claims)
+    print(verdicts)
+    print("\n".join(fq_lines))
+    (out / "table.md").write_text(
+        "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
+        + "".join(f"| {LABELS[n]} | " + " | ".join(_fmt(summaries[n].get(k)) for k in keys) + " |\n" for n in order)
+        + ("" if len(seeds) == 1 else f"\nMethods: means over unlearning seeds {seeds}.\n")
+        + "\n" + verdicts + "\n\n" + "\n".join(fq_lines) + "\n")
     timings["total_s"] = time.time() - t0
     write_results(
         out,
@@ -342,13 +384,16 @@ def _main(args) -> int:
         quickstart="npo-tofu",
         methods={n: summaries[n] for n in order},
         curves=curves,
-        claims=checks,
+        claims=claims,
+        seeds=seeds,
+        forget_quality_per_seed=fq_per_seed,
+        per_seed={str(s): {"methods": per_seed[s]} for s in seeds},
         data=what,
         settings={k: v for k, v in vars(args).items() if k not in ("func",)},
         timings_s=timings,
         table=table,
+        claims_table=verdicts,
         plot=str(png),
     )
-    print(f"[npo-tofu] claims as measured: {checks}")
-    print(f"[npo-tofu] wrote {out / 'results.json'} and {png} in {timings['total_s']:.0f}s")
+    print(f"[npo-tofu] wrote {out / 'results.json'}, {out / 'table.md'} and {png} in {timings['total_s']:.0f}s")
     return 0
