@@ -24,6 +24,7 @@ __all__ = [
     "npo_loss",
     "npo_weight",
     "simnpo_loss",
+    "idk_dpo_loss",
     "nll_loss",
     "kl_loss",
     "dpo_loss",
@@ -52,7 +53,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 1. Unlearning: GA, NPO, SimNPO and the retain terms (Zhang et al. 2024; Fan et al. 2024)
+# 1. Unlearning: GA, NPO, SimNPO, IdkDPO and the retain terms (Zhang et al. 2024; Fan et al. 2024; Maini et al. 2024)
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -147,6 +148,26 @@ def kl_batchmean(kl_per_position: torch.Tensor) -> torch.Tensor:
     KL ``[B, T]`` (every position, prompt and padding included) summed and divided by ``B·T``. open-unlearning's
     ``compute_kl_divergence`` (the ``KL`` retain term). Returns a scalar."""
     return kl_per_position.sum() / max(kl_per_position.numel(), 1)  # []
+
+
+def idk_dpo_loss(
+    policy_alternate_logps: torch.Tensor,
+    ref_alternate_logps: torch.Tensor,
+    policy_forget_logps: torch.Tensor,
+    ref_forget_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """IdkDPO (TOFU, Maini et al. 2024, arXiv:2401.06121; open-unlearning's ``DPO`` trainer), per example: DPO with a
+    refusal ("I don't know", TOFU's ``idontknow.jsonl``) as the chosen answer and the forget answer as the rejected
+    one, scaled by 2/β as NPO is (open-unlearning's ``compute_dpo_loss``):
+
+        L = -(2/β) · log σ( β · [(log π_θ(y_idk|x) - log π_ref(y_idk|x)) - (log π_θ(y_f|x) - log π_ref(y_f|x))] )
+
+    All inputs ``[B]`` summed answer log-probs. Returns ``[B]`` = ``(2/β) · dpo_loss(...)``; without the refusal
+    terms it is ``npo_loss``.
+    """
+    return (2.0 / beta) * dpo_loss(policy_alternate_logps, ref_alternate_logps, policy_forget_logps, ref_forget_logps,
+                                   beta)  # [B]
 
 
 # --------------------------------------------------------------------------------------------------------------------

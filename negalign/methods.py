@@ -134,6 +134,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _unlearning("npo_rt", "NPO+RT", "NPO on the forget set + NLL on the retain set", NPO),
     _unlearning("npo_kl", "NPO+KL", "NPO on the forget set + KL to the reference on the retain set", NPO),
     _unlearning("simnpo", "SimNPO", "reference-free, length-normalised NPO + NLL on the retain set", SIMNPO),
+    _unlearning("idk_dpo", "IdkDPO", "DPO of a refusal (TOFU's idontknow.jsonl) over the forget answer, scaled by 2/β, "
+                "+ NLL on the retain set", TOFU),
     _rlvr("psr", "PSR", "RLVR on correct samples only (+1), wrong ones dropped; no group baseline", NSR),
     _rlvr("nsr", "NSR", "RLVR on wrong samples only (-1), correct ones dropped; no group baseline", NSR),
     _rlvr("w_reinforce", "W-REINFORCE", "RLVR with +0.1 for correct and -1 for wrong samples; no group baseline",

@@ -1,8 +1,8 @@
 """Every TOFU recipe mirrors the open-unlearning config it names, field by field; published numbers are cited only
 next to a recipe that matches them. The open-unlearning side is written here as data, resolved from its files:
-configs/trainer/{finetune,GradAscent,GradDiff,NPO,SimNPO}.yaml, configs/experiment/unlearn/tofu/default.yaml,
-configs/model/Llama-3.2-1B-Instruct.yaml, configs/generation/default.yaml, configs/data/datasets/TOFU_QA_*.yaml and
-scripts/tofu_unlearn.sh (4 per device x 4 accumulation x 2 GPUs)."""
+configs/trainer/{finetune,GradAscent,GradDiff,NPO,SimNPO,DPO}.yaml, configs/experiment/unlearn/tofu/{default,idk}.yaml
+(the same training arguments and splits), configs/model/Llama-3.2-1B-Instruct.yaml, configs/generation/default.yaml,
+configs/data/datasets/TOFU_QA_*.yaml and scripts/tofu_unlearn.sh (4 per device x 4 accumulation x 2 GPUs)."""
 
 from __future__ import annotations
 
@@ -34,10 +34,12 @@ OU_TRAINERS = {
                                                          "gamma": 1.0, "alpha": 1.0},
     "SimNPO": {"forget": "simnpo", "retain_loss_type": "NLL", "beta": 4.5, "delta": 0.0, "gamma": 0.125, "alpha": 1.0,
                "delta_placement": "inside"},  # forget_loss = nll/|y| - delta; -logsigmoid(beta * forget_loss)
+    # IdkDPO: experiment=unlearn/tofu/idk.yaml; the DPO class defaults beta to 1.0, DPO.yaml sets 0.1
+    "DPO": {"forget": "idk_dpo", "retain_loss_type": "NLL", "beta": 0.1, "gamma": 1.0, "alpha": 1.0},
 }
 # open-unlearning docs/repro.md, Llama-3.2-1B-Instruct, forget10: (forget quality, model utility)
 PUBLISHED = {"GradAscent": ("1.06e-239", "0"), "GradDiff": ("1.06e-239", "0.49"), "NPO": ("0.02", "0.46"),
-             "SimNPO": ("2.47e-203", "0.54")}
+             "SimNPO": ("2.47e-203", "0.54"), "DPO": ("4.64e-12", "0.23")}
 # settings that do not change the update, documented in docs/unlearning.md: paged_adamw_32bit is AdamW with its
 # state in paged memory (bitsandbytes)
 EQUIVALENT_OPTIM = {"paged_adamw_32bit": "adamw_torch"}
@@ -49,6 +51,7 @@ RECIPES = {
     "npo_rt_tofu": "NPO",
     "npo_kl_tofu": "NPO with trainer.method_args.retain_loss_type=KL",
     "simnpo_tofu": "SimNPO",
+    "idk_dpo_tofu": "DPO",
 }
 
 

@@ -13,7 +13,9 @@ answer tokens only); unlearning, ``negalign eval tofu`` and ``negalign generate`
 
 Every forget example is paired with ``retain_draws`` retain examples (one per epoch, cycling), drawn from
 ``numpy.random.default_rng([seed, process_index])``: reproducible for a given process, and *different on each
-process* so that data-parallel ranks do not all regularise on the same retain rows.
+process* so that data-parallel ranks do not all regularise on the same retain rows. For IdkDPO
+(``load_unlearning(alternates=True)``) each forget question also gets ``retain_draws`` refusal answers drawn from
+TOFU's ``idontknow.jsonl`` (one line each; next to the split files, or open-unlearning's copy for the Hub id).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ SPLITS = (
     "world_facts", "world_facts_perturbed",
 )
 _FORGET_RE = re.compile(r"^forget(\d\d)$")
+IDK_FILE = "idontknow.jsonl"  # TOFU's refusal answers, one per line (plain text), beside the split files
+# for the Hub id: open-unlearning's copy of the same lines (its setup_data.py --idk; TOFU_QA_forget_idk.yaml idk_path)
+IDK_HUB = ("open-unlearning/idk", "idk.jsonl")
 
 
 def default_retain_split(forget_split: str) -> str:
@@ -95,6 +100,12 @@ class TofuData:
                   "the checkpoint was fine-tuned with (open-unlearning's Llama-3.x TOFU models: open_unlearning_llama3)."},
     )
     system_prompt: str | None = field(default=None, metadata={"help": "System message for chat templates."})
+    idk_path: str | None = field(
+        default=None,
+        metadata={"help": "Refusal answers for IdkDPO, one per line (TOFU's idontknow.jsonl). Default: "
+                  "<path>/idontknow.jsonl for a local folder; for a Hub id, open-unlearning's copy (dataset "
+                  "open-unlearning/idk, file idk.jsonl)."},
+    )
     date_string: str | None = field(
         default=None, metadata={"help": "date_string for chat templates that stamp a date (Llama-3.x: today's date "
                                 "when unset, so prompts change from day to day)."},
@@ -164,12 +175,52 @@ class TofuData:
             order = order[n_forget:]
         return np.stack(cols, axis=1)
 
-    def load_unlearning(self, tokenizer=None, process_index: int = 0, max_length: int | None = None):
+    def idk_file(self) -> str:
+        """The refusal file: ``idk_path``, else ``idontknow.jsonl`` in the local folder, else open-unlearning's copy
+        on the Hub (downloaded to the Hugging Face cache)."""
+        if self.idk_path:
+            return self.idk_path
+        if is_local(self.path):
+            from pathlib import Path
+
+            return str(Path(self.path) / IDK_FILE)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return hf_hub_download(IDK_HUB[0], IDK_HUB[1], repo_type="dataset")
+        except Exception as e:  # offline, missing: say which setting to use instead
+            raise DataError(f"could not fetch the refusal answers {IDK_HUB[1]} of the Hub dataset {IDK_HUB[0]} ({e}); "
+                            "set data.idk_path to TOFU's idontknow.jsonl") from e
+
+    def alternate_answers(self) -> list[str]:
+        """The refusal answers of IdkDPO (the ``alternate`` segment): the stripped, non-empty lines of ``idk_file``."""
+        from pathlib import Path
+
+        path = Path(self.idk_file())
+        if not path.is_file():
+            raise DataError(f"refusal answers not found: {path} (TOFU's {IDK_FILE}, one answer per line; set "
+                            "data.idk_path)")
+        answers = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not answers:
+            raise DataError(f"{path} holds no refusal answers")
+        return answers
+
+    def alternate_choices(self, n_forget: int, n_answers: int) -> np.ndarray:
+        """``[n_forget, retain_draws]`` refusal indices, uniform with replacement (open-unlearning draws one per item
+        access with ``torch.randint``), from a stream of their own (``seed``, spawn key 1: the retain draws stay as
+        they are). The same on every process, so that the refusals' reference pass can be sharded across them."""
+        rng = np.random.default_rng(np.random.SeedSequence(int(self.seed), spawn_key=(1,)))
+        return rng.integers(0, n_answers, size=(n_forget, max(1, int(self.retain_draws))))
+
+    def load_unlearning(self, tokenizer=None, process_index: int = 0, max_length: int | None = None,
+                        alternates: bool = False):
         """``(forget, retain)`` datasets for an unlearning trainer.
 
         ``forget`` has ``prompt``, ``completion`` and ``retain_index`` (``retain_draws`` indices into ``retain``, drawn
         per process); ``retain`` has ``prompt`` and ``completion``. With a tokenizer both also carry ``input_ids`` and
-        ``completion_mask`` from ``negalign.data.templates.encode_qa`` (the trainer uses them as they are). Raises
+        ``completion_mask`` from ``negalign.data.templates.encode_qa`` (the trainer uses them as they are).
+        ``alternates=True`` adds ``alternate_completions`` (``retain_draws`` refusals per forget question, one per
+        epoch) and, with a tokenizer, ``alternate_input_ids`` / ``alternate_completion_mask``. Raises
         ``DataError`` on an empty forget split, an unknown split name or missing columns, before any model work."""
         from datasets import Dataset
 
@@ -184,6 +235,17 @@ class TofuData:
                 d.update(e)
             for d, e in zip(r_list, self._encoded(r_rows, tokenizer, max_length)):
                 d.update(e)
+        if alternates:
+            answers = self.alternate_answers()
+            end = completion_suffix(tokenizer)
+            picks = self.alternate_choices(len(f_rows), len(answers))
+            for d, r, row_picks in zip(f_list, f_rows, picks):
+                alts = [{self.question_field: r[self.question_field], self.answer_field: answers[j]} for j in row_picks]
+                d["alternate_completions"] = [a[self.answer_field] + end for a in alts]
+                if tokenizer is not None:
+                    enc = self._encoded(alts, tokenizer, max_length)
+                    d["alternate_input_ids"] = [e["input_ids"] for e in enc]
+                    d["alternate_completion_mask"] = [e["completion_mask"] for e in enc]
         return Dataset.from_list(f_list), Dataset.from_list(r_list)
 
     def eval_rows(self, name: str) -> list[dict]:

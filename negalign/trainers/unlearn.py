@@ -2,40 +2,41 @@
 
     L = γ · mean_b L_forget(b) + α · mean L_retain
 
-forget term ``ga | npo | simnpo`` (``negalign.losses.ga_loss / npo_loss / simnpo_loss``), retain term
-``none | nll | kl`` (``nll_loss`` / ``negalign.logprobs.chunked_token_kl``). How the method is wired:
+forget term: a row of the table ``negalign.trainers.unlearn_terms.FORGET_TERMS`` (``ga | npo | simnpo``: name → the
+cached columns it reads and its loss from ``negalign.losses``), retain term ``none | nll | kl`` (``nll_loss`` /
+``negalign.logprobs.chunked_token_kl``). How the method is wired:
 
-* every training batch is ``B`` forget examples plus their ``B`` retain partners, padded together and sent through
-  the policy in **one** forward (the decoder runs once; log-probs come from ``chunk``-sized pieces of the LM head);
-* the reference log-probabilities of the forget set (NPO) are computed **once**, batched, when the trainer is built,
-  and stored as the ``ref_forget_logps`` dataset column (and in ``output_dir/ref_forget_logps.json``, reloaded when the
-  model and data fingerprint match, e.g. on resume). No reference forward happens in a training step for NPO/SimNPO/GA;
+* every training batch has named segments: ``forget`` (``B`` forget examples), ``alternate`` (one alternative answer
+  per forget example, when the forget term reads them) and ``retain`` (their ``B`` retain partners), padded together
+  and sent through the policy in **one** forward (the decoder runs once; log-probs come from ``chunk``-sized pieces of
+  the LM head);
+* the reference log-probabilities a forget term reads (``ref_forget_logps`` for NPO) are computed **once**, batched,
+  when the trainer is built, and stored as dataset columns (and in ``output_dir/<column>.json``, reloaded when the
+  model and data fingerprint match, e.g. on resume). No reference forward happens in a training step for the forget
+  terms;
 * the ``kl`` retain term needs the reference distribution on the retain tokens: a frozen copy of the starting model
   (full fine-tuning) or, with PEFT/LoRA, the same model with its adapters disabled (no second copy is held);
 * logs ``forget/logps``, ``forget/ref_logps``, ``npo/weight`` (w = 2σ(β(log π_θ − log π_ref)), the NPO gradient
   weight), ``forget/loss``, ``retain/loss`` TRL-style, and writes a TRL model card with each checkpoint.
 
-Presets and the configuration live in ``negalign.trainers.unlearn_config`` (re-exported here); tokenising and
-padding helpers in ``negalign.trainers.unlearn_utils``.
+Presets and the configuration live in ``negalign.trainers.unlearn_config`` (re-exported here), the forget-term table
+in ``negalign.trainers.unlearn_terms``, the reference pass and its cache in ``negalign.trainers.unlearn_reference``,
+tokenising and padding helpers in ``negalign.trainers.unlearn_utils``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from trl.trainer.base_trainer import _BaseTrainer
 
 from negalign import logprobs as lp
 from negalign.data import DataError
-from negalign.distributed import run_sharded
-from negalign.losses import ga_loss, kl_batchmean, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
+from negalign.losses import kl_batchmean, kl_loss, nll_loss
 from negalign.trainers.common import (
     NonFiniteLossCallback,
     data_loader,
@@ -55,6 +56,15 @@ from negalign.trainers.unlearn_config import (  # noqa: F401  (re-exported: reci
     UnlearnConfig,
     method_title,
 )
+from negalign.trainers.unlearn_reference import ReferenceLogps
+from negalign.trainers.unlearn_terms import (
+    CACHED_COLUMNS,
+    FORGET_TERMS,
+    LOG_NAMES,
+    PARTNER_SEGMENTS,
+    Segment,
+    TermInputs,
+)
 from negalign.trainers.unlearn_utils import (  # noqa: F401
     AdapterDisabledReference,
     is_peft,
@@ -68,7 +78,7 @@ from negalign.trainers.unlearn_utils import (  # noqa: F401
 # ------------------------------------------------------------------------------------------------------------------
 
 
-class UnlearnTrainer(_BaseTrainer):
+class UnlearnTrainer(ReferenceLogps, _BaseTrainer):
     """GA / GradDiff / NPO / NPO+RT / NPO+KL / SimNPO on TRL conventions.
 
     Args:
@@ -76,7 +86,10 @@ class UnlearnTrainer(_BaseTrainer):
         args: :class:`UnlearnConfig`.
         forget_dataset: ``prompt``, ``completion`` text columns (formatted prompts; answers end with EOS) — or
             ``input_ids`` + ``completion_mask`` already encoded (``TofuData.load_unlearning``), used as they are — and, when a
-            retain term is used, ``retain_index`` (list of indices into ``retain_dataset``, one per epoch, cycled).
+            retain term is used, ``retain_index`` (list of indices into ``retain_dataset``, one per epoch, cycled); when
+            the forget term reads the ``alternate`` segment, the alternative answers of each row, one per epoch,
+            cycled: ``alternate_input_ids`` + ``alternate_completion_mask`` (lists of encoded rows) or
+            ``alternate_completions`` (a list of answer texts, tokenised after ``prompt``).
         retain_dataset: ``prompt``, ``completion`` (or ``input_ids`` + ``completion_mask``) columns (needed for
             ``retain_loss`` nll / kl).
         ref_model: the reference for ``npo`` / ``kl`` when it differs from the starting model. Default: the starting
@@ -128,24 +141,28 @@ class UnlearnTrainer(_BaseTrainer):
         pretokenised = {"input_ids", "completion_mask"}.issubset
         forget = forget_dataset if pretokenised(forget_dataset.column_names) else forget_dataset.map(
             tok, desc="Tokenizing forget set")
-        self.retain_pool = None
+        self.term = FORGET_TERMS[args.forget_loss]
+        # the partner segments: a pool of encoded rows each, drawn per forget row through <segment>_index (one per epoch)
+        self.pools: dict[str, list[tuple[list[int], list[int]]]] = {}
+        if "alternate" in self.term.segments:
+            forget = self._alternate_pool(forget, processing_class, args)
         if uses_retain:
             if pretokenised(retain_dataset.column_names):
-                self.retain_pool = [(list(i), list(m)) for i, m in
-                                    zip(retain_dataset["input_ids"], retain_dataset["completion_mask"])]
+                self.pools["retain"] = [(list(i), list(m)) for i, m in
+                                        zip(retain_dataset["input_ids"], retain_dataset["completion_mask"])]
             else:
-                self.retain_pool = [
+                self.pools["retain"] = [
                     tokenize_pair(processing_class, p, c, args.max_length)
                     for p, c in zip(list(retain_dataset["prompt"]), list(retain_dataset["completion"]))
                 ]
-            n = len(self.retain_pool)
+            n = len(self.pools["retain"])
             bad = [j for draws in list(forget["retain_index"]) for j in draws if not 0 <= j < n]
             if bad:
                 raise DataError(f"retain_index values out of range for a retain set of {n}: {bad[:5]}")
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._name = method_title(args.forget_loss, args.retain_loss)
-        self._paper = SIMNPO_PAPER if args.forget_loss == "simnpo" else NPO_PAPER
+        self._paper = self.term.paper.trl()
         super().__init__(
             model=model,
             args=args,
@@ -165,10 +182,8 @@ class UnlearnTrainer(_BaseTrainer):
             import copy
 
             self.ref_model = self._prepare_ref(copy.deepcopy(self.accelerator.unwrap_model(self.model)))
-        if args.forget_loss == "npo":
-            self.train_dataset = self.train_dataset.add_column(
-                "ref_forget_logps", self.reference_forget_logps(self.train_dataset)
-            )
+        for column in self.term.columns:  # the frozen values the forget term reads, computed once
+            self.train_dataset = self.train_dataset.add_column(column, self.reference_column(column))
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod
@@ -176,6 +191,30 @@ class UnlearnTrainer(_BaseTrainer):
         missing = [c for c in columns if c not in dataset.column_names]
         if missing:
             raise DataError(f"{where} lacks column(s) {missing}; it has {dataset.column_names}")
+
+    def _alternate_pool(self, forget, tokenizer, args):
+        """Move the forget rows' alternative answers into ``pools["alternate"]``; ``alternate_index`` points there."""
+        cols = set(forget.column_names)
+        if {"alternate_input_ids", "alternate_completion_mask"} <= cols:
+            per_row = [[(list(i), list(m)) for i, m in zip(ids, masks)]
+                       for ids, masks in zip(forget["alternate_input_ids"], forget["alternate_completion_mask"])]
+        elif {"alternate_completions", "prompt"} <= cols:
+            per_row = [[tokenize_pair(tokenizer, p, c, args.max_length) for c in alts]
+                       for p, alts in zip(forget["prompt"], forget["alternate_completions"])]
+        else:
+            raise DataError(f"forget_loss={args.forget_loss!r} needs "
+                            "alternative answers: forget dataset columns alternate_input_ids + alternate_completion_mask "
+                            f"or alternate_completions (TofuData.load_unlearning(alternates=True)); it has {sorted(cols)}")
+        draws = {len(rows) for rows in per_row}
+        if len(draws) != 1 or 0 in draws:
+            raise DataError(f"every forget row needs the same number (> 0) of alternative answers, got {sorted(draws)}")
+        pool, index = [], []
+        for rows in per_row:
+            index.append(list(range(len(pool), len(pool) + len(rows))))
+            pool.extend(rows)
+        self.pools["alternate"] = pool
+        drop = [c for c in ("alternate_input_ids", "alternate_completion_mask", "alternate_completions") if c in cols]
+        return forget.remove_columns(drop).add_column("alternate_index", index)
 
     def _prepare_ref(self, ref):
         ref.eval()
@@ -194,112 +233,64 @@ class UnlearnTrainer(_BaseTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["input_ids", "completion_mask", "ref_forget_logps", "retain_index"]
-
-    @contextlib.contextmanager
-    def reference(self):
-        """The reference model for a no-grad pass: the explicit/frozen ref, or the policy with adapters off."""
-        if self.ref_model is not None:
-            yield self.ref_model
-            return
-        model = self.accelerator.unwrap_model(self.model)
-        if is_peft(model):
-            with model.disable_adapter():
-                yield model
-        else:
-            yield model
-
-    def _ref_fingerprint(self, dataset) -> str:
-        h = hashlib.sha256()
-        with self.reference() as ref:
-            h.update(weights_fingerprint(self.accelerator.unwrap_model(ref)).encode())
-        h.update(json.dumps([list(dataset["input_ids"]), list(dataset["completion_mask"])]).encode())
-        return h.hexdigest()
-
-    def reference_forget_logps(self, dataset) -> list[float]:
-        """log π_ref(y|x) of every forget example: one batched no-grad pass (or the saved cache when it matches)."""
-        cache = Path(self.args.output_dir) / REF_CACHE_NAME
-        fingerprint = self._ref_fingerprint(dataset) if self.args.ref_cache else None
-        if fingerprint and cache.is_file():
-            try:
-                saved = json.loads(cache.read_text())
-            except json.JSONDecodeError:
-                saved = {}
-            if saved.get("fingerprint") == fingerprint and len(saved.get("logps", [])) == len(dataset):
-                return [float(v) for v in saved["logps"]]
-        values = self.compute_reference_logps(dataset)
-        if fingerprint and self.accelerator.is_main_process:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"fingerprint": fingerprint, "logps": values}))
-            tmp.replace(cache)
-        return values
-
-    @torch.no_grad()
-    def compute_reference_logps(self, dataset) -> list[float]:
-        """Batched reference pass, sharded across processes (``run_sharded``): each process scores a contiguous slice
-        of the rows, in lockstep (ZeRO-3), and every process receives the whole column."""
-        bs = self.args.ref_batch_size or 2 * self.args.per_device_train_batch_size
-        device = self.accelerator.device
-        engine = None
-        if self.ref_model is None and self.is_deepspeed_enabled:
-            from trl.models.utils import prepare_deepspeed
-
-            engine = prepare_deepspeed(self.model, self.accelerator)
-
-        def score(shard: list[int]) -> list[float]:
-            out: list[float] = []
-            with self.reference() as ref:
-                model = engine if engine is not None else ref
-                was_training = model.training
-                model.eval()
-                for start in tqdm(range(0, len(shard), bs), desc="Reference log-probs of the forget set",
-                                  disable=not self.accelerator.is_local_main_process):
-                    rows = dataset.select(shard[start : start + bs])
-                    ids, am, cm = pad_rows(list(zip(list(rows["input_ids"]), list(rows["completion_mask"]))),
-                                           self.pad_id)
-                    ids, am, cm = ids.to(device), am.to(device), cm.to(device)
-                    tl = lp.token_logps(model, ids, am, cm, chunk_size=self.args.logprob_chunk_size)
-                    out.extend(lp.sequence_logps(tl, cm).float().cpu().tolist())
-                if was_training:
-                    model.train()
-            return out
-
-        return run_sharded(score, len(dataset))
+            self._signature_columns = ["input_ids", "completion_mask", *CACHED_COLUMNS,
+                                       *(f"{s}_index" for s in PARTNER_SEGMENTS)]
 
     # ------------------------------------------------------------------ batches
     def collate(self, features: list[dict]) -> dict:
         ids, am, cm = pad_rows([(f["input_ids"], f["completion_mask"]) for f in features], self.pad_id)
         batch = {"input_ids": ids, "attention_mask": am, "completion_mask": cm}
-        if "ref_forget_logps" in features[0]:
-            batch["ref_forget_logps"] = torch.tensor([f["ref_forget_logps"] for f in features], dtype=torch.float32)
-        if "retain_index" in features[0]:
-            batch["retain_index"] = torch.tensor([f["retain_index"] for f in features], dtype=torch.long)
+        for column in CACHED_COLUMNS:  # [B] (forget rows) or [B, draws] (a partner segment's draws)
+            if column in features[0]:
+                batch[column] = torch.tensor([f[column] for f in features], dtype=torch.float32)
+        for segment in PARTNER_SEGMENTS:  # [B, draws] indices into self.pools[segment]
+            if f"{segment}_index" in features[0]:
+                batch[f"{segment}_index"] = torch.tensor([f[f"{segment}_index"] for f in features], dtype=torch.long)
         return batch
 
+    def draw(self, index: torch.Tensor) -> int:
+        """The draw of this step's partners: ``epoch mod draws`` (restored with the trainer state on resume, so a
+        resumed run sees the same partners)."""
+        return int(self.state.epoch or 0) % index.shape[1]
+
+    def partner_rows(self, segment: str, index: torch.Tensor) -> list[tuple[list[int], list[int]]]:
+        """The ``segment`` rows of this step (``index``: ``[B, draws]`` into ``pools[segment]``)."""
+        return [self.pools[segment][int(i)] for i in index[:, self.draw(index)].tolist()]
+
     def retain_rows(self, retain_index: torch.Tensor) -> list[tuple[list[int], list[int]]]:
-        """The retain partners of this step: draw ``epoch mod retain_draws`` of each forget example (restored with
-        the trainer state on resume, so a resumed run sees the same partners)."""
-        col = int(self.state.epoch or 0) % retain_index.shape[1]
-        return [self.retain_pool[int(i)] for i in retain_index[:, col].tolist()]
+        """The retain partners of this step (draw ``epoch mod retain_draws`` of each forget example)."""
+        return self.partner_rows("retain", retain_index)
 
     def build_batch(self, inputs: dict) -> dict:
-        """One padded batch ``[B_f + B_r, L]`` of forget rows then their retain partners (the single forward)."""
+        """One padded batch of the named segments, forget rows then their alternate and retain partners (the single
+        forward): ``input_ids`` etc. ``[N, L]``, ``segments`` {name: row slice}, ``cached`` {column: ``[B]``}."""
         f_ids, f_am, f_cm = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
-        n_forget = f_ids.shape[0]
-        if self.args.retain_loss == "none":
-            return {"input_ids": f_ids, "attention_mask": f_am, "completion_mask": f_cm, "n_forget": n_forget}
-        r_ids, r_am, r_cm = pad_rows(self.retain_rows(inputs["retain_index"]), self.pad_id)
-        length = max(f_ids.shape[1], r_ids.shape[1])
+        device = f_ids.device
+        parts = {"forget": (f_ids, f_am, f_cm)}
+        for segment in PARTNER_SEGMENTS:
+            if segment in self.pools:
+                parts[segment] = tuple(t.to(device) for t in pad_rows(
+                    self.partner_rows(segment, inputs[f"{segment}_index"]), self.pad_id))
+        cached = {}
+        for column in self.term.columns:
+            value = inputs[column].to(device)
+            segment = CACHED_COLUMNS[column]
+            cached[column] = value if segment == "forget" else value[:, self.draw(inputs[f"{segment}_index"])]
+        segments, start = {}, 0
+        for name, (ids, _, _) in parts.items():
+            segments[name] = slice(start, start + ids.shape[0])
+            start += ids.shape[0]
+        batch = {"segments": segments, "cached": cached}
+        if len(parts) == 1:
+            return {"input_ids": f_ids, "attention_mask": f_am, "completion_mask": f_cm, **batch}
+        length = max(ids.shape[1] for ids, _, _ in parts.values())
 
         def widen(t, value):
             return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
 
-        device = f_ids.device
-        ids = torch.cat([widen(f_ids, self.pad_id), widen(r_ids.to(device), self.pad_id)])
-        am = torch.cat([widen(f_am, 0), widen(r_am.to(device), 0)])
-        cm = torch.cat([widen(f_cm, 0), widen(r_cm.to(device), 0)])
-        return {"input_ids": ids, "attention_mask": am, "completion_mask": cm, "n_forget": n_forget}
+        for key, pad, k in (("input_ids", self.pad_id, 0), ("attention_mask", 0, 1), ("completion_mask", 0, 2)):
+            batch[key] = torch.cat([widen(p[k], pad) for p in parts.values()])
+        return batch
 
     # ------------------------------------------------------------------ the forward
     def policy_pass(self, model, ids, am, cm):
@@ -360,35 +351,33 @@ class UnlearnTrainer(_BaseTrainer):
         return kl.mean() if kl.numel() else kl.new_zeros(())
 
     def compute_terms(self, model, inputs: dict) -> dict:
-        """All the loss terms of a batch (used by compute_loss and by tests)."""
+        """All the loss terms of a batch (used by compute_loss and by tests): the forget term is a look-up in
+        ``FORGET_TERMS``, the retain term ``none | nll | kl``."""
         args = self.args
         batch = self.build_batch(inputs)
-        n = batch["n_forget"]
+        seg = batch["segments"]
         ids, am, cm = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
         token_lp, hidden, logits = self.policy_pass(model, ids, am, cm)
-        f_tok, f_mask = token_lp[:n], cm[:n].clone()
-        f_mask[:, 0] = 0
-        f_seq = lp.sequence_logps(f_tok, f_mask)  # [B]
-        lengths = f_mask.sum(-1)
-        terms = {"forget_logps": f_seq, "forget_lengths": lengths}
-        if args.forget_loss == "ga":
-            forget = ga_loss(f_tok, f_mask, reduction="pooled" if args.loss_reduction == "pooled" else "example")
-        elif args.forget_loss == "npo":
-            ref = inputs["ref_forget_logps"].to(f_seq.device)
-            forget = npo_loss(f_seq, ref, args.beta)
-            terms["ref_forget_logps"] = ref
-            terms["npo_weight"] = npo_weight(f_seq, ref, args.beta)
-        else:
-            forget = simnpo_loss(f_seq, lengths, args.beta, args.simnpo_gamma, placement=args.simnpo_delta_placement)
-        terms["forget_loss"] = forget.mean()
+
+        def view(name: str) -> Segment:
+            mask = cm[seg[name]].clone()
+            mask[:, 0] = 0
+            return Segment(token_lp[seg[name]], mask)
+
+        forget = view("forget")
+        terms = {"forget_logps": forget.logps, "forget_lengths": forget.lengths}
+        loss, extras = self.term.loss(TermInputs(forget, view("alternate") if "alternate" in seg else None,
+                                                 batch["cached"], args))
+        terms.update(extras)
+        terms["forget_loss"] = loss.mean()
         if args.retain_loss == "nll":
-            r_mask = cm[n:].clone()
-            r_mask[:, 0] = 0
-            terms["retain_loss"] = nll_loss(token_lp[n:], r_mask, reduction=args.loss_reduction).mean()
+            retain = view("retain")
+            terms["retain_loss"] = nll_loss(retain.token_logps, retain.mask, reduction=args.loss_reduction).mean()
         elif args.retain_loss == "kl":
+            r = seg["retain"]
             terms["retain_loss"] = self.retain_kl(
-                model, ids[n:], am[n:], cm[n:], hidden[n:] if hidden is not None else None,
-                logits[n:] if logits is not None else None,
+                model, ids[r], am[r], cm[r], hidden[r] if hidden is not None else None,
+                logits[r] if logits is not None else None,
             )
         loss = args.gamma * terms["forget_loss"]
         if "retain_loss" in terms:
@@ -405,9 +394,9 @@ class UnlearnTrainer(_BaseTrainer):
         per_tok = terms["forget_logps"].detach() / terms["forget_lengths"].clamp(min=1)
         m["forget/logps_per_token"].append(gather(per_tok).mean().item())
         m["forget/loss"].append(gather(terms["forget_loss"].detach()).mean().item())
-        if "npo_weight" in terms:
-            m["npo/weight"].append(gather(terms["npo_weight"]).mean().item())
-            m["forget/ref_logps"].append(gather(terms["ref_forget_logps"]).mean().item())
+        for key, name in LOG_NAMES.items():  # what the forget term reported (npo/weight, forget/ref_logps, ...)
+            if key in terms:
+                m[name].append(gather(terms[key].detach()).mean().item())
         if "retain_loss" in terms:
             m["retain/loss"].append(gather(terms["retain_loss"].detach()).mean().item())
         loss = terms["loss"]
@@ -451,12 +440,16 @@ def train(recipe) -> dict:
     loader.forget_rows()
     if config.retain_loss != "none":
         loader.retain_rows()
+    term = FORGET_TERMS[config.forget_loss]
+    alternates = {"alternates": True} if "alternate" in term.segments else {}  # e.g. TOFU's refusals (IdkDPO)
+    if alternates:
+        loader.alternate_answers()
     model, tokenizer, path = model_and_tokenizer(recipe, loader)
     forget, retain = loader.load_unlearning(tokenizer, process_index=process_state().process_index,
-                                            max_length=config.max_length)
+                                            max_length=config.max_length, **alternates)
     ref_model = None
     ref_path = recipe.model.get("ref_name_or_path")
-    if ref_path and (config.forget_loss == "npo" or config.retain_loss == "kl"):
+    if ref_path and (term.columns or config.retain_loss == "kl"):
         from negalign.models import load_model_and_tokenizer
 
         ref_model, _, _ = load_model_and_tokenizer({**recipe.model, "name_or_path": ref_path, "kit": None})

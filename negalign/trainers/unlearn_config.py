@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from trl.trainer.base_config import _BaseConfig
 
 from negalign import methods as _methods
+from negalign.trainers.unlearn_terms import FORGET_TERMS
 
-FORGET_LOSSES = ("ga", "npo", "simnpo")
+FORGET_LOSSES = tuple(FORGET_TERMS)  # the forget-term table (negalign.trainers.unlearn_terms)
 RETAIN_LOSSES = ("none", "nll", "kl")
 REF_CACHE_NAME = "ref_forget_logps.json"
 
@@ -26,15 +27,17 @@ class UnlearnConfig(_BaseConfig):
 
     forget_loss: str = field(
         default="npo",
-        metadata={"help": "Forget term: ga (gradient ascent, token-mean log-prob), npo (Zhang et al. 2024) or simnpo "
-                  "(Fan et al. 2024, reference-free, length-normalised)."},
+        metadata={"help": "Forget term: ga (gradient ascent, token-mean log-prob), npo (Zhang et al. 2024), simnpo "
+                  "(Fan et al. 2024, reference-free, length-normalised) or idk_dpo (DPO of a refusal over the forget "
+                  "answer, scaled by 2/β; TOFU's baseline). The table: negalign.trainers.unlearn_terms."},
     )
     retain_loss: str = field(
         default="none",
         metadata={"help": "Retain term: none, nll (token-mean NLL of retain answers; NPO+RT, GradDiff) or kl "
                   "(token-level KL(π_ref ‖ π_θ) on retain answer tokens; needs a reference forward on retain rows)."},
     )
-    beta: float = field(default=0.1, metadata={"help": "β of NPO (paper 0.1) or SimNPO (paper 4.5)."})
+    beta: float = field(default=0.1, metadata={"help": "β of NPO (paper 0.1), SimNPO (paper 4.5) or IdkDPO "
+                                                   "(open-unlearning 0.1)."})
     simnpo_gamma: float = field(
         default=0.0, metadata={"help": "SimNPO reward margin (paper γ, open-unlearning δ; default 0)."}
     )
@@ -116,10 +119,12 @@ METHOD_DEFAULTS = {
     # open-unlearning's configs/trainer/SimNPO.yaml: β 4.5, δ 0, forget weight γ 0.125, α 1, retain NLL
     # (the authors' TOFU config: npo_coeff 0.1375, β 2.5)
     "simnpo": {"forget_loss": "simnpo", "retain_loss": "nll", "beta": 4.5, "simnpo_gamma": 0.0, "gamma": 0.125},
+    # open-unlearning's configs/trainer/DPO.yaml (IdkDPO): β 0.1, γ 1, α 1, retain NLL
+    "idk_dpo": {"forget_loss": "idk_dpo", "retain_loss": "nll", "beta": 0.1},
 }
 
-_NAMES = {"ga": "GA", "npo": "NPO", "simnpo": "SimNPO"}
 _RETAIN_NAMES = {"none": "", "nll": "+RT", "kl": "+KL"}
+_TITLES = {("ga", "nll"): "GradDiff", ("idk_dpo", "nll"): "IdkDPO"}  # the names the methods go by
 # the papers live in the method records (negalign.methods); TRL's ``_paper`` shape {"title", "id", "citation"}
 NPO_PAPER = _methods.NPO.trl()
 SIMNPO_PAPER = _methods.SIMNPO.trl()
@@ -127,6 +132,6 @@ TOFU_PAPER_CITATION = _methods.TOFU.bibtex
 
 
 def method_title(forget_loss: str, retain_loss: str) -> str:
-    if forget_loss == "ga" and retain_loss == "nll":
-        return "GradDiff"
-    return _NAMES[forget_loss] + _RETAIN_NAMES[retain_loss]
+    if (forget_loss, retain_loss) in _TITLES:
+        return _TITLES[forget_loss, retain_loss]
+    return FORGET_TERMS[forget_loss].title + _RETAIN_NAMES[retain_loss]
