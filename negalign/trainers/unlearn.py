@@ -32,7 +32,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from trl.trainer.base_trainer import _BaseTrainer
+
+from negalign.trainers import compat
+
+# TRL's private _BaseTrainer and the transformers Trainer methods this trainer extends (negalign.trainers.compat)
+compat.check("trl.trainer.base_trainer", "trl._BaseTrainer", "transformers.Trainer")
+from trl.trainer.base_trainer import _BaseTrainer  # noqa: E402
 
 from negalign import logprobs as lp
 from negalign.data import DataError

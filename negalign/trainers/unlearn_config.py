@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl.trainer.base_config import _BaseConfig
+from negalign.trainers import compat
+
+compat.check("trl.trainer.base_config")  # TRL's private _BaseConfig (negalign.trainers.compat lists every such name)
+from trl.trainer.base_config import _BaseConfig  # noqa: E402
 
 from negalign import methods as _methods
 from negalign.trainers.unlearn_terms import FORGET_TERMS
