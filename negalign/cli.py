@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _ARGV = argv
     command = next((a for a in argv if not a.startswith("-")), None)
+    if command in COMMANDS and hasattr(importlib.import_module(COMMANDS[command][0]), "translate_argv"):
+        argv = importlib.import_module(COMMANDS[command][0]).translate_argv(argv)  # TRL-style --key value (train)
+        _ARGV = argv
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -40,6 +40,7 @@ METHODS = {
     "npo_rt": "negalign.trainers.unlearn",
     "npo_kl": "negalign.trainers.unlearn",
     "simnpo": "negalign.trainers.unlearn",
+    "idk_dpo": "negalign.trainers.unlearn",
     "psr": "negalign.trainers.nsr",
     "nsr": "negalign.trainers.nsr",
     "w_reinforce": "negalign.trainers.nsr",
@@ -76,8 +77,7 @@ OUTPUT_KEYS = {
 ALIASES = {"output_dir": "output.dir"}
 
 
-class RecipeError(ValueError):
-    """A recipe that cannot be run: unknown key, missing file, bad value. The message says what to change."""
+from negalign.errors import RecipeError  # noqa: E402,F401  (its home; re-exported here)
 
 
 def _closest(key: str, valid) -> str:
@@ -85,9 +85,22 @@ def _closest(key: str, valid) -> str:
     return f" Did you mean {match[0]!r}?" if match else ""
 
 
-def _unknown(section: str, key: str, valid) -> RecipeError:
-    shown = ", ".join(sorted(valid)) if len(valid) <= 12 else f"{len(valid)} keys, see `negalign train --help`"
-    return RecipeError(f"unknown key {section}.{key!r}.{_closest(key, valid)} Valid {section} keys: {shown}")
+def _unknown(section: str, key: str, valid, elsewhere: dict | None = None, method: str | None = None) -> RecipeError:
+    """The error for ``section.key`` that ``section`` does not take. It never echoes the typo back as advice: it
+    names the section that does take ``key`` (``elsewhere``: section -> its keys), else the closest valid key written
+    out in full, else where to list the valid keys."""
+    owners = [s for s, keys in (elsewhere or {}).items() if s != section and key in keys]
+    for_method = f" for method {method}" if method else ""
+    if owners:
+        return RecipeError(f"{section}.{key} is not a {section} key{for_method}: it is {owners[0]}.{key}; write "
+                           f"{owners[0]}.{key}=VALUE (or {key}=VALUE)")
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    hint = f" Did you mean {section}.{match[0]}?" if match else ""
+    if len(valid) <= 12:
+        shown = f"Valid {section} keys: {', '.join(sorted(valid))}"
+    else:
+        shown = f"List the {len(valid)} {section} keys with `negalign train --show-keys {section}{' ' + method if method else ''}`"
+    return RecipeError(f"unknown key {section}.{key}{for_method}.{hint} {shown}")
 
 
 def method_module(name: str):
@@ -137,14 +150,40 @@ class Recipe:
     def to_dict(self) -> dict:
         return copy.deepcopy(self.sections)
 
+    def resolved(self) -> dict:
+        """The configuration the run gets, defaults filled in (``negalign train --dry-run``): ``method`` and
+        ``training`` are the fields of the method's config as the trainer receives it, ``data`` the loader's fields,
+        ``peft`` LoraConfig's; tokens are redacted."""
+        config = self.build_config()
+        own, _ = config_fields(type(config))
+        values = {k: _plain(v) for k, v in config.to_dict().items()}
+        out = self.to_dict()
+        out["method"] = {"name": self.method_name, **{k: values[k] for k in own if k in values}}
+        out["training"] = {k: v for k, v in values.items() if k not in own}
+        if self.sections["data"].get("name"):
+            from negalign.data import LOADERS
+
+            data = dict(self.sections["data"])
+            loader = LOADERS[data.pop("name")](**data)
+            out["data"] = {"name": self.sections["data"]["name"],
+                           **{f.name: _plain(getattr(loader, f.name)) for f in dataclasses.fields(loader)}}
+        if self.sections["peft"]:
+            from peft import LoraConfig
+
+            lora = LoraConfig(**{"task_type": "CAUSAL_LM", **self.sections["peft"]})
+            out["peft"] = {k: _plain(getattr(lora, k)) for k in sorted(_peft_keys()) if hasattr(lora, k)}
+        return out
+
     def build_config(self, **extra):
         """The method's TRL config from ``training`` + ``method`` (+ ``extra``), with CPU-friendly defaults."""
         mod = self.module()
-        kwargs = dict(getattr(mod, "METHOD_DEFAULTS", {}).get(self.method_name, {}))
-        kwargs.update({k: v for k, v in self.sections["method"].items() if k != "name"})
-        kwargs.update(self.sections["training"])
-        kwargs.update(extra)
+        cls = mod.CONFIG_CLASS
+        kwargs = _renamed(getattr(mod, "METHOD_DEFAULTS", {}).get(self.method_name, {}), cls)  # each layer renamed
+        kwargs.update(_renamed({k: v for k, v in self.sections["method"].items() if k != "name"}, cls))
+        kwargs.update(_renamed(self.sections["training"], cls))
+        kwargs.update(_renamed(extra, cls))
         kwargs["output_dir"] = self.output_dir
+        _activation_checkpointing_default(kwargs, cls)
         kwargs.setdefault("report_to", "none")
         if not accelerator_available():
             kwargs.setdefault("use_cpu", True)
@@ -155,10 +194,56 @@ class Recipe:
         return mod.CONFIG_CLASS(**kwargs)
 
 
-def accelerator_available() -> bool:
-    import torch
+def _plain(value):
+    """``value`` as plain YAML data (enums by value, sets and tuples as lists, anything else unknown as its text)."""
+    import enum
 
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+RENAMED = {"gradient_checkpointing": "activation_checkpointing",
+           "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}  # transformers 5.23: old -> new
+
+
+def _renamed(values: dict, config_cls) -> dict:
+    """``values`` with transformers' deprecated ``gradient_checkpointing*`` names under their new names
+    (``activation_checkpointing*``). transformers 5.23 warns (FutureWarning) whenever an old name decides the value;
+    recipes, presets and quickstarts may still use either. Applied to each layer of a config (presets, recipe, extra)
+    so that a later layer's new name overrides an earlier layer's old one."""
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    out = dict(values)
+    for old, new in RENAMED.items():
+        if new not in fields or old not in out:  # an older transformers: nothing renamed
+            continue
+        value = out.pop(old)
+        if out.get(new) is not None and value is not None and out[new] != value:
+            raise RecipeError(f"training.{old}={value!r} and training.{new}={out[new]!r} disagree; {old} is "
+                              f"transformers' old name of {new}: keep only training.{new}")
+        if out.get(new) is None:
+            out[new] = value
+    return out
+
+
+def _activation_checkpointing_default(kwargs: dict, config_cls) -> None:
+    """TRL's configs default the old name to True, which alone triggers the warning on every run: when no layer set
+    the new name, pass the class's default of the old one under the new one (same behaviour, no warning)."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    for old, new in RENAMED.items():
+        if new in fields and kwargs.get(new) is None and old in fields and \
+                fields[old].default not in (None, dataclasses.MISSING):
+            kwargs[new] = fields[old].default
+
+
+from negalign.distributed import accelerator_available  # noqa: E402,F401  (its home; re-exported here)
 
 
 class _Loader(yaml.SafeLoader):
@@ -200,17 +285,36 @@ def apply_overrides(sections: dict, overrides: list[str], accepts) -> None:
             raise RecipeError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         key = ALIASES.get(key, key)
+        if key in SECTIONS:  # a whole section: peft=null turns LoRA off; SECTION={k: v} sets several keys at once
+            _set_section(sections, key, parse_value(raw))
+            continue
         if "." not in key:
             owners = [s for s in SECTIONS if key in accepts(s)]
             if not owners:
-                every = {k for s in SECTIONS for k in accepts(s)} | set(ALIASES)
-                raise RecipeError(f"unknown override key {key!r}.{_closest(key, every)} Use section.key, e.g. training.{key}")
+                close = [(m, s) for s in SECTIONS for m in difflib.get_close_matches(key, list(accepts(s)), n=1,
+                                                                                    cutoff=0.5)]
+                close.sort(key=lambda ms: -difflib.SequenceMatcher(None, key, ms[0]).ratio())
+                hint = (f" Did you mean {close[0][1]}.{close[0][0]}?" if close else
+                        " List a section's keys with `negalign train --show-keys SECTION`.")
+                raise RecipeError(f"unknown override key {key!r}: no recipe section takes it.{hint}")
             if len(owners) > 1:
                 raise RecipeError(f"override key {key!r} is ambiguous ({', '.join(owners)}); write section.{key}")
             key = f"{owners[0]}.{key}"
         elif key.split(".", 1)[0] not in SECTIONS:
             raise RecipeError(f"unknown section in override {key!r}; sections are {', '.join(SECTIONS)}")
         _set_path(sections, key, parse_value(raw))
+
+
+def _set_section(sections: dict, name: str, value) -> None:
+    if value is None:
+        if name != "peft":
+            raise RecipeError(f"{name}=null: only the peft section can be removed (peft=null trains all weights)")
+        sections[name] = None
+    elif isinstance(value, dict):
+        sections[name] = {**(sections.get(name) or {}), **value}
+    else:
+        raise RecipeError(f"{name}={value!r}: a section takes a mapping ({name}={{key: value}}) or, for peft, null; "
+                          f"to set one key write {name}.KEY=VALUE")
 
 
 def _data_keys(data: dict) -> set[str] | None:
@@ -248,7 +352,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     sections = {s: copy.deepcopy(data.get(s)) for s in SECTIONS}
     for key in data:
         if key not in SECTIONS:
-            raise _unknown("recipe", key, SECTIONS)
+            raise RecipeError(f"unknown recipe section {key!r}.{_closest(key, SECTIONS)} Sections: {', '.join(SECTIONS)}")
     for s in SECTIONS:
         if s != "peft" and sections[s] is None:
             sections[s] = {}
@@ -290,18 +394,82 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             continue
         for key in sections[s]:
             if key not in valid:
-                raise _unknown(s, key, valid)
+                elsewhere = {o: accepts(o) for o in ("model", "data", "method", "training", "output")}
+                raise _unknown(s, key, valid, elsewhere, sections["method"]["name"])
     kit = sections["model"].get("kit")
     if kit is not None:
         for key in kit:
             if key not in KIT_KEYS:
                 raise _unknown("model.kit", key, KIT_KEYS)
+        # by default the kit model lives inside the run's output directory, not under the working directory
+        sections["model"]["kit"] = {"dir": kit_dir_default(sections), **kit} if "dir" not in kit else dict(kit)
     elif not sections["model"].get("name_or_path"):
         raise RecipeError("model needs name_or_path (a Hub id or a local folder) or kit (an offline kit model)")
     from negalign.validation import validate_sections
 
     validate_sections(sections, mod.CONFIG_CLASS)  # values and types, from each field's annotation (one-line errors)
     return Recipe(sections=sections, path=str(path) if path else None, overrides=overrides)
+
+
+def kit_dir_default(sections: dict) -> str:
+    """Where a kit model without ``model.kit.dir`` is written: ``kit/`` inside the run's output directory."""
+    out = (sections.get("output") or {}).get("dir") or (sections.get("training") or {}).get("output_dir") or "runs/default"
+    return str(Path(out) / "kit")
+
+
+def section_keys(section: str, method: str | None = None, data_name: str | None = None) -> dict[str, tuple[Any, str]]:
+    """``key -> (default, help)`` for one recipe section (``negalign train --show-keys SECTION [METHOD]``). The
+    method and training sections need ``method`` (its config class decides); without one, training lists the keys
+    every method takes (transformers' TrainingArguments). The data section needs the loader's name."""
+    def from_fields(fields, presets=None):
+        presets = presets or {}
+        out = {}
+        for name, f in fields.items():
+            if name in presets:
+                default = presets[name]
+            elif f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            out[name] = (default, " ".join(str(f.metadata.get("help", "")).split()))
+        return out
+
+    if section == "model":
+        return {k: (None, v) for k, v in MODEL_KEYS.items()}
+    if section == "output":
+        return {k: (None, v) for k, v in OUTPUT_KEYS.items()}
+    if section == "peft":
+        from peft import LoraConfig
+
+        return {k: v for k, v in from_fields({f.name: f for f in dataclasses.fields(LoraConfig)}).items()
+                if k in _peft_keys()}
+    if section == "data":
+        from negalign.data import LOADERS
+
+        if data_name is None:
+            raise RecipeError(f"the data keys depend on the loader: name one ({', '.join(LOADERS)}), e.g. "
+                              "`negalign train --show-keys data qa`, or give a recipe")
+        if data_name not in LOADERS:
+            raise RecipeError(f"unknown data loader {data_name!r}.{_closest(data_name, LOADERS)} Known: {', '.join(LOADERS)}")
+        return {"name": (data_name, "The loader."), **from_fields({f.name: f for f in dataclasses.fields(LOADERS[data_name])})}
+    if section in ("method", "training"):
+        if method is None:
+            if section == "method":
+                raise RecipeError(f"the method keys depend on the method: name one, e.g. `negalign train --show-keys "
+                                  f"method npo` (methods: {', '.join(METHODS)})")
+            from transformers import TrainingArguments
+
+            fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir"}
+            return from_fields(fields)
+        mod = method_module(method)
+        own, training = config_fields(mod.CONFIG_CLASS)
+        presets = getattr(mod, "METHOD_DEFAULTS", {}).get(method, {})
+        if section == "method":
+            return {"name": (method, "The method."), **from_fields(own, presets)}
+        return from_fields({k: v for k, v in training.items() if k != "output_dir"}, presets)
+    raise RecipeError(f"unknown recipe section {section!r}.{_closest(section, SECTIONS)} Sections: {', '.join(SECTIONS)}")
 
 
 def describe_fields(config_cls, presets: dict | None = None) -> str:

@@ -172,6 +172,11 @@ class ArithmeticData:
     label_noise: float = field(default=0.0, metadata={"help": "Mean share of SFT completions replaced by a near miss "
                                "(±1, ±2, ±10); each problem draws its own share in [0, 2·label_noise]. The `answer` "
                                "column (what verifiers check) always stays exact."})
+    near_miss: str = field(default="random", metadata={"help": "How noisy labels pick their near miss: 'random' (each "
+                           "label draws its own offset ±1 / ±2 / ±10) or 'fixed' (each problem draws one wrong answer, "
+                           "a consistent misconception, shared by all its noisy labels)."})
+    max_noise_share: float = field(default=0.95, metadata={"help": "Cap on a problem's share of noisy labels (1.0: "
+                                   "some problems are shown only wrong answers)."})
 
     def problems(self) -> list[tuple[str, int]]:
         if self.split not in ("train", "test", "all"):
@@ -190,12 +195,20 @@ class ArithmeticData:
     def examples(self) -> list[dict]:
         if self.copies == 1 and not self.label_noise:
             return [_example(q, str(a), str(a)) for q, a in self.problems()]
+        if self.near_miss not in ("random", "fixed"):
+            raise DataError(f"near_miss must be 'random' or 'fixed', got {self.near_miss!r}")
         rng = random.Random(self.seed + 1)
+        offsets = (-10, -2, -1, 1, 2, 10)
         out = []
         for q, a in self.problems():
-            share = min(rng.random() * 2 * self.label_noise, 0.95)
+            share = min(rng.random() * 2 * self.label_noise, self.max_noise_share)
+            if self.near_miss == "fixed":
+                wrong = a + rng.choice(offsets)
             for _ in range(self.copies):
-                shown = a + rng.choice((-10, -2, -1, 1, 2, 10)) if rng.random() < share else a
+                if self.near_miss == "random":
+                    shown = a + rng.choice(offsets) if rng.random() < share else a
+                else:
+                    shown = wrong if rng.random() < share else a
                 out.append(_example(q, str(a), str(shown)))
         return out
 

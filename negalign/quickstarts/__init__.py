@@ -11,6 +11,8 @@ QUICKSTARTS = {
     "d2o-toy": ("negalign.quickstarts.d2o_toy", "D2O vs GA / NPO / DPO on a miniature harm task with a programmatic judge"),
     "madpo-toy": ("negalign.quickstarts.madpo_toy", "MADPO vs DPO / IPO under three preference-noise levels"),
     "perstep-arith": ("negalign.quickstarts.perstep_arith", "Per-step negatives vs SFT / RFT / whole-pair DPO"),
+    "tofu-smollm2": ("negalign.quickstarts.tofu_smollm2",
+                     "TOFU forget01 on the real SmolLM2-135M-Instruct: fine-tune, retain model, 5 unlearning methods"),
 }
 
 
