@@ -154,7 +154,7 @@ def main(args) -> int:
 
         resolved = recipe.resolved()
         print(f"# {recipe.path or 'recipe'}{' + ' + ' '.join(overrides) if overrides else ''}: the resolved "
-              f"configuration, defaults included; method and training are the {recipe.module().CONFIG_CLASS.__name__} "
+              f"configuration (resolved into {recipe.module().CONFIG_CLASS.__name__}), defaults included; method and training are the {recipe.module().CONFIG_CLASS.__name__} "
               "the trainer gets")
         print(yaml.safe_dump(resolved, sort_keys=False, width=120))
         return 0

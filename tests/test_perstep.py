@@ -257,7 +257,7 @@ def test_gsm8k_recipe_runs_end_to_end_on_a_kit_model(shared_data, tmp_path, monk
         f"model.name_or_path={kit_dir}", "model.dtype=float32", f"data.path={shared_data / 'gsm8k'}",
         "data.max_samples=3", "samples_per_prompt=2", "num_continuations=2", "max_new_tokens=12",
         "generation_backend=hf", f"cache_dir={tmp_path / 'cache'}", f"output_dir={out}", "max_steps=1",
-        "per_device_train_batch_size=2", "gradient_accumulation_steps=1", "gradient_checkpointing=false",
+        "per_device_train_batch_size=2", "gradient_accumulation_steps=1", "activation_checkpointing=false",
         "max_length=512"])
     metrics = run(recipe)
     assert metrics["perstep"]["prompts"] == 3 and metrics["perstep"]["pairs"] >= 1

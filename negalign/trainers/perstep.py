@@ -102,7 +102,7 @@ class PerStepConfig(DPOConfig):
 
 
 CONFIG_CLASS = PerStepConfig
-_COMMON = {"gradient_checkpointing": False, "precompute_ref_log_probs": True}
+_COMMON = {"activation_checkpointing": False, "precompute_ref_log_probs": True}
 METHOD_DEFAULTS = {
     "perstep_dpo": {**_COMMON, "pair_mode": "first_pit"},
     "dpo_full": {**_COMMON, "pair_mode": "full"},
@@ -340,7 +340,7 @@ def _sft_config(recipe, config) -> SFTConfig:
     names = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
     kw = {k: v for k, v in recipe.training.items() if k in names}
     kw.update(output_dir=config.output_dir, report_to="none", use_cpu=config.use_cpu, bf16=config.bf16,
-              gradient_checkpointing=config.gradient_checkpointing, max_length=config.max_length)
+              activation_checkpointing=config.activation_checkpointing, max_length=config.max_length)
     kw.setdefault("completion_only_loss", True)
     return SFTConfig(**kw)
 

@@ -8,7 +8,7 @@ from trl import SFTConfig, SFTTrainer
 from negalign.trainers.common import data_loader, model_and_tokenizer, peft_config, train_and_finish, NonFiniteLossCallback
 
 CONFIG_CLASS = SFTConfig
-METHOD_DEFAULTS = {"sft": {"completion_only_loss": True, "gradient_checkpointing": False}}
+METHOD_DEFAULTS = {"sft": {"completion_only_loss": True, "activation_checkpointing": False}}
 
 
 def train(recipe) -> dict:
