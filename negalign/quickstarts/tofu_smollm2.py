@@ -182,7 +182,7 @@ def unlearn_steps(args, n_forget: int) -> int:
 
 
 def _unlearn(method: str, out_dir: Path, finetuned: Path, data_dir: Path, retain_eval: Path, steps: int, args,
-             seed: int) -> None:
+             seed: int, curve: bool = True) -> None:
     from negalign.config import load_recipe, yaml_load
     from negalign.shipped import find_recipe
     from negalign.train import run
@@ -192,7 +192,8 @@ def _unlearn(method: str, out_dir: Path, finetuned: Path, data_dir: Path, retain
     if method == "npo":
         for k in ("alpha", "gamma"):  # the retain term's weights of npo_rt: NPO is the forget term alone
             r["method"].pop(k, None)
-    evals = sorted({*range(args.eval_every, steps + 1, args.eval_every), steps})
+    # the curve (an evaluation every --eval-every steps) on the first seed only; later seeds are evaluated at the end
+    evals = sorted({*range(args.eval_every, steps + 1, args.eval_every), steps}) if curve else [steps]
     r["model"] = {"name_or_path": str(finetuned), "dtype": "float32"}
     r["data"].update({"path": str(data_dir), "forget_split": FORGET_SPLIT, "retain_split": RETAIN_SPLIT,
                       "template": "auto", "seed": seed})
@@ -287,7 +288,7 @@ def _main(args) -> int:
         for m in methods:
             t = time.time()
             run_dir = out / f"seed{s}" / m
-            _unlearn(m, run_dir, models["finetuned"], data_dir, evals["retain"], steps, args, s)
+            _unlearn(m, run_dir, models["finetuned"], data_dir, evals["retain"], steps, args, s, curve=s == seeds[0])
             curve = [{"step": 0, **summaries["finetuned"]}] + _curve(run_dir)
             curves.setdefault(m, curve)
             per_seed[s][m] = dict(curve[-1])
