@@ -146,7 +146,8 @@ def folder_origin(folder: Path, depth: int = 0) -> str | None:
 
 
 def resolve_base_model(recipe: dict, depth: int = 0) -> tuple[str | None, str | None]:
-    """(Hub id of the model the run started from, or None; a note saying why it is omitted)."""
+    """(Hub id of the model the run started from, or None; a note for the card: why it is omitted, or how the start
+    differs from it)."""
     model = recipe.get("model") or {}
     if model.get("kit") is not None:
         return None, "trained from an offline kit model (random weights built locally), so it has no base model"
@@ -154,8 +155,14 @@ def resolve_base_model(recipe: dict, depth: int = 0) -> tuple[str | None, str | 
     if not name:
         return None, "the recipe names no starting model"
     if str(name).startswith("offline:"):
-        return None, (f"started from `{name}` (negalign's offline conversion of a GGUF file), which records no Hub "
-                      "repository; base_model is omitted")
+        from negalign.offline_models import OFFLINE_MODELS
+
+        known = OFFLINE_MODELS.get(str(name))
+        if known is None:
+            return None, f"started from the unknown offline model `{name}`; base_model is omitted"
+        # the Hub model the GGUF was quantised from: the lineage a Hub user follows (and loads an adapter onto)
+        return known.hub_origin, (f"started from `{name}`: {known.description}. Its weights are the de-quantised "
+                                  f"GGUF, so they differ from `{known.hub_origin}`'s by the quantisation error")
     if is_hub_id(name):
         return name, None
     origin = folder_origin(Path(str(name)).expanduser(), depth) if Path(str(name)).expanduser().is_dir() else None

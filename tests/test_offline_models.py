@@ -122,3 +122,14 @@ def test_a_recipe_names_the_model_and_dry_run_fetches_nothing(cache, monkeypatch
     monkeypatch.setattr(om, "_obtain_gguf", lambda *a: pytest.fail("a dry run fetched the model"))
     assert main(["train", str(recipe), "--dry-run"]) == 0
     assert f"name_or_path: {NAME}" in capsys.readouterr().out and not om.is_cached(NAME)
+
+
+def test_a_card_names_the_hub_model_the_offline_name_was_quantised_from():
+    # A run started from the offline name links its Hub lineage (a Hub user follows it and loads an adapter onto it);
+    # the card's note says the weights are the de-quantised GGUF, not the Hub repository's own.
+    from negalign.hub import resolve_base_model
+
+    base, note = resolve_base_model({"model": {"name_or_path": NAME}})
+    assert base == "HuggingFaceTB/SmolLM2-135M-Instruct" == om.spec(NAME).hub_origin
+    assert "de-quantised" in note and "Q4_1" in note
+    assert resolve_base_model({"model": {"name_or_path": "offline:nope"}})[0] is None
