@@ -302,6 +302,11 @@ def apply_overrides(sections: dict, overrides: list[str], accepts) -> None:
             key = f"{owners[0]}.{key}"
         elif key.split(".", 1)[0] not in SECTIONS:
             raise RecipeError(f"unknown section in override {key!r}; sections are {', '.join(SECTIONS)}")
+        section, _, leaf = key.partition(".")
+        for old, new in RENAMED.items():  # an override replaces the recipe's value under either name
+            if leaf in (old, new) and isinstance(sections.get(section), dict):
+                sections[section].pop(old, None)
+                sections[section].pop(new, None)
         _set_path(sections, key, parse_value(raw))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from negalign.config import RecipeError, load_recipe
+from negalign.config import RecipeError, load_recipe, yaml_load
 from negalign.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,8 +160,17 @@ def test_no_gradient_checkpointing_future_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         assert load_recipe(SFT_TINY, ["gradient_checkpointing=true"]).build_config().activation_checkpointing is True
+    # an override under the old name replaces the recipe's value under the new one (NPO_TINY sets
+    # activation_checkpointing: false; before, this override was refused as a disagreement), and the last of two
+    # overrides wins whichever name each uses
+    assert load_recipe(NPO_TINY, ["gradient_checkpointing=true"]).build_config().activation_checkpointing is True
+    assert load_recipe(NPO_TINY, ["gradient_checkpointing=true", "activation_checkpointing=false"]) \
+        .build_config().activation_checkpointing is False
+    # both names with different values in one recipe are still an error: which one was meant is unknowable
+    data = yaml_load(NPO_TINY.read_text())
+    data["training"]["gradient_checkpointing"] = True
     with pytest.raises(RecipeError, match="disagree"):
-        load_recipe(NPO_TINY, ["gradient_checkpointing=true", "activation_checkpointing=false"]).build_config()
+        load_recipe(data=data).build_config()
 
 
 def test_recipes_use_activation_checkpointing():
