@@ -5,6 +5,8 @@ Each quickstart module composes the public API as a user would and defines ``add
 
 from __future__ import annotations
 
+import contextlib
+
 QUICKSTARTS = {
     "npo-tofu": ("negalign.quickstarts.npo_tofu", "NPO-family unlearning on TOFU with a kit model (<= 15 min CPU)"),
     "nsr-arith": ("negalign.quickstarts.nsr_arith", "PSR / NSR / W-REINFORCE / GRPO / NFT on synthetic arithmetic, pass@k"),
@@ -26,3 +28,18 @@ def main(args) -> int:
     from negalign.cli import run_lazy
 
     return run_lazy(QUICKSTARTS, args.quickstart, args)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's CPU thread count set to ``n`` for the block (None or 0: left as it is), then restored. On a small shared
+    CPU one thread is as fast for kit models and far faster under load (OpenMP threads spin when oversubscribed)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -35,6 +35,8 @@ import random
 import time
 from pathlib import Path
 
+from negalign.quickstarts import torch_threads
+
 METHODS = ("ga", "grad_diff", "npo", "npo_rt", "simnpo")
 LABELS = {"finetuned": "fine-tuned", "retain": "retain", "ga": "GA", "grad_diff": "GradDiff", "npo": "NPO",
           "npo_rt": "NPO+RT", "simnpo": "SimNPO"}
@@ -268,34 +270,74 @@ def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}")
 
 
-def main(args) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    threads = args.threads or (1 if (os.cpu_count() or 1) <= 4 else None)
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        return _main(args)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _main(args) -> int:
-    from negalign.evaluation.claims import claims_table
-    from negalign.quickstarts.tofu_claims import FQ_THRESHOLD, load_items, npo_tofu_claims
-    from negalign.results import write_results
-
-    t0 = time.time()
-    out = Path(args.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+def parse_methods(text: str) -> list[str]:
+    """``--methods`` as a list, every name one of ``METHODS`` (else a one-line RecipeError)."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         from negalign.config import RecipeError
 
         raise RecipeError(f"unknown quickstart method(s) {unknown}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def seed_means(per_seed: dict, seeds: list[int], methods: list[str]) -> dict:
+    """Each method's numbers averaged over the seeds (one seed: its values; a value that is not a number in every
+    seed: the first seed's)."""
+    means = {}
+    for m in methods:
+        rows = [per_seed[s][m] for s in seeds]
+        means[m] = {k: (sum(r[k] for r in rows) / len(rows) if all(isinstance(r.get(k), (int, float)) for r in rows)
+                        else rows[0].get(k)) for k in rows[0]}
+    return means
+
+
+def report(out: Path, summaries: dict, order: list[str], keys, per_seed: dict, seeds: list[int], items: dict,
+           note: str | None = None) -> dict:
+    """Print the table of ``summaries`` (rows ``order``, columns ``keys``), the claim verdicts and each method's
+    forget quality per seed; write them to ``out/table.md``; return ``table``, ``claims``, ``claims_table`` and
+    ``forget_quality_per_seed``."""
+    from negalign.evaluation.claims import claims_table
+    from negalign.quickstarts.tofu_claims import FQ_THRESHOLD, npo_tofu_claims
+
+    methods = [n for n in order if n in per_seed[seeds[0]]]
+    header = f"{'model':<11}" + "".join(f"{k:>20}" for k in keys)
+    lines = [header, "-" * len(header)]
+    lines += [f"{LABELS.get(n, n):<11}" + "".join(f"{_fmt(summaries[n].get(k)):>20}" for k in keys) for n in order]
+    if note:
+        lines.append(note)
+    table = "\n".join(lines)
+    print(table)
+    fq_per_seed = {m: [per_seed[s][m]["forget_quality"] for s in seeds] for m in methods}
+    fq_lines = [f"forget quality per seed {seeds} (≥ {FQ_THRESHOLD:g} means the KS test does not tell the model "
+                f"from the retain model): fine-tuned {_fmt(summaries['finetuned']['forget_quality'])}"]
+    fq_lines += [f"  {LABELS[m]}: " + ", ".join(_fmt(v) for v in fq_per_seed[m]) for m in methods]
+    claims = npo_tofu_claims(items, seeds)
+    verdicts = claims_table(claims)
+    print(verdicts)
+    print("\n".join(fq_lines))
+    (out / "table.md").write_text(
+        "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
+        + "".join(f"| {LABELS.get(n, n)} | " + " | ".join(_fmt(summaries[n].get(k)) for k in keys) + " |\n" for n in order)
+        + ("" if len(seeds) == 1 else f"\nMethods: means over unlearning seeds {seeds}.\n")
+        + "\n" + verdicts + "\n\n" + "\n".join(fq_lines) + "\n")
+    return {"table": table, "claims": claims, "claims_table": verdicts, "forget_quality_per_seed": fq_per_seed}
+
+
+def main(args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with torch_threads(args.threads or (1 if (os.cpu_count() or 1) <= 4 else None)):
+        return _main(args)
+
+
+def _main(args) -> int:
+    from negalign.quickstarts.tofu_claims import load_items
+    from negalign.results import write_results
+
+    t0 = time.time()
+    out = Path(args.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    methods = parse_methods(args.methods)
     data_dir, what = build_mini_tofu(out, args.data, args.retain_authors, args.synthetic, args.knowledge_items)
     print(f"[npo-tofu] data: {what}", flush=True)
     timings = {}
@@ -342,39 +384,15 @@ def _main(args) -> int:
             print(f"[npo-tofu] {LABELS[m]} (seed {s}): {args.unlearn_steps} steps in {timings[tag + '_s']:.0f}s, "
                   f"forget quality {_fmt(per_seed[s][m]['forget_quality'])}, model utility "
                   f"{_fmt(per_seed[s][m]['model_utility'])}", flush=True)
-    for m in methods:  # the mean over seeds of every number (one seed: that seed's values)
-        rows = [per_seed[s][m] for s in seeds]
-        summaries[m] = {k: (sum(r[k] for r in rows) / len(rows) if all(isinstance(r.get(k), (int, float))
-                                                                         for r in rows) else rows[0].get(k))
-                        for k in rows[0]}
+    summaries.update(seed_means(per_seed, seeds, methods))
 
     png = out / "fq_vs_mu.png"
     _plot(png, summaries, curves)
     keys = ("forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio", "retain_rouge")
     order = ["finetuned", "retain", *methods]
-    header = f"{'model':<11}" + "".join(f"{k:>20}" for k in keys)
-    lines = [header, "-" * len(header)]
-    for name in order:
-        row = summaries[name]
-        lines.append(f"{LABELS[name]:<11}" + "".join(f"{_fmt(row.get(k)):>20}" for k in keys))
-    if len(seeds) > 1:
-        lines.append(f"(methods: means over unlearning seeds {seeds}; fine-tuned and retain models shared; curves "
-                     f"and plot: seed {seeds[0]})")
-    table = "\n".join(lines)
-    print(table)
-    fq_per_seed = {m: [per_seed[s][m]["forget_quality"] for s in seeds] for m in methods}
-    fq_lines = [f"forget quality per seed {seeds} (≥ {FQ_THRESHOLD:g} means the KS test does not tell the model "
-                f"from the retain model): fine-tuned {_fmt(summaries['finetuned']['forget_quality'])}"]
-    fq_lines += [f"  {LABELS[m]}: " + ", ".join(_fmt(v) for v in fq_per_seed[m]) for m in methods]
-    claims = npo_tofu_claims(evals, seeds)
-    verdicts = claims_table(claims)
-    print(verdicts)
-    print("\n".join(fq_lines))
-    (out / "table.md").write_text(
-        "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
-        + "".join(f"| {LABELS[n]} | " + " | ".join(_fmt(summaries[n].get(k)) for k in keys) + " |\n" for n in order)
-        + ("" if len(seeds) == 1 else f"\nMethods: means over unlearning seeds {seeds}.\n")
-        + "\n" + verdicts + "\n\n" + "\n".join(fq_lines) + "\n")
+    note = None if len(seeds) == 1 else (f"(methods: means over unlearning seeds {seeds}; fine-tuned and retain models "
+                                         f"shared; curves and plot: seed {seeds[0]})")
+    rep = report(out, summaries, order, keys, per_seed, seeds, evals, note)
     timings["total_s"] = time.time() - t0
     write_results(
         out,
@@ -384,15 +402,15 @@ def _main(args) -> int:
         quickstart="npo-tofu",
         methods={n: summaries[n] for n in order},
         curves=curves,
-        claims=claims,
+        claims=rep["claims"],
         seeds=seeds,
-        forget_quality_per_seed=fq_per_seed,
+        forget_quality_per_seed=rep["forget_quality_per_seed"],
         per_seed={str(s): {"methods": per_seed[s]} for s in seeds},
         data=what,
         settings={k: v for k, v in vars(args).items() if k not in ("func",)},
         timings_s=timings,
-        table=table,
-        claims_table=verdicts,
+        table=rep["table"],
+        claims_table=rep["claims_table"],
         plot=str(png),
     )
     print(f"[npo-tofu] wrote {out / 'results.json'}, {out / 'table.md'} and {png} in {timings['total_s']:.0f}s")

@@ -41,8 +41,10 @@ import shutil
 import time
 from pathlib import Path
 
+from negalign.quickstarts import torch_threads
 from negalign.quickstarts.npo_tofu import LABELS as _LABELS
-from negalign.quickstarts.npo_tofu import METHODS, _curve, _fmt, _plot, _read, _write, default_data
+from negalign.quickstarts.npo_tofu import (METHODS, _curve, _fmt, _plot, _read, _write, default_data, parse_methods,
+                                           report, seed_means)
 
 MODEL = "offline:smollm2-135m-instruct"
 FORGET_SPLIT = "forget01"
@@ -210,35 +212,23 @@ def _unlearn(method: str, out_dir: Path, finetuned: Path, data_dir: Path, retain
 
 def main(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    before = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.smoke:
         for k, v in SMOKE.items():
             setattr(args, k, v)
-    try:
+    with torch_threads(args.threads):
         return _main(args)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _main(args) -> int:
-    from negalign.evaluation.claims import claims_table
     from negalign.evaluation.tofu import write_eval
     from negalign.offline_models import is_offline_name, resolve
-    from negalign.quickstarts.tofu_claims import FQ_THRESHOLD, load_items, npo_tofu_claims
+    from negalign.quickstarts.tofu_claims import load_items
     from negalign.results import write_results
 
     t0 = time.time()
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if any(m not in METHODS for m in methods):
-        from negalign.config import RecipeError
-
-        raise RecipeError(f"unknown quickstart method(s) {methods}; choose from {', '.join(METHODS)}")
+    methods = parse_methods(args.methods)
     base = str(resolve(args.model))  # the cached folder of an offline: name (fetched once), else as given
     record = Path(base) / "negalign_offline.json"
     model_id = {"model": args.model, "record": json.loads(record.read_text()) if record.is_file() else None}
@@ -298,40 +288,22 @@ def _main(args) -> int:
             print(f"[tofu-smollm2] {LABELS[m]} (seed {s}): {steps} steps + {len(curve) - 1} evaluations in "
                   f"{timings[f'{m}_seed{s}_s']:.0f}s, forget quality {_fmt(per_seed[s][m]['forget_quality'])}, "
                   f"model utility {_fmt(per_seed[s][m]['model_utility'])}", flush=True)
-    for m in methods:  # means over seeds
-        rows = [per_seed[s][m] for s in seeds]
-        summaries[m] = {k: (sum(r[k] for r in rows) / len(rows) if all(isinstance(r.get(k), (int, float))
-                                                                         for r in rows) else rows[0].get(k))
-                        for k in rows[0]}
+    summaries.update(seed_means(per_seed, seeds, methods))
 
     png = out / "fq_vs_mu.png"
     _plot(png, summaries, curves)
     order = ["base", "finetuned", "retain", *methods]
-    header = f"{'model':<11}" + "".join(f"{k:>20}" for k in KEYS)
-    lines = [header, "-" * len(header)]
-    lines += [f"{LABELS[n]:<11}" + "".join(f"{_fmt(summaries[n].get(k)):>20}" for k in KEYS) for n in order]
-    lines.append(f"(methods: means over unlearning seeds {seeds}, {steps} steps each; curves and plot: seed {seeds[0]})")
-    table = "\n".join(lines)
-    print(table)
-    fq_per_seed = {m: [per_seed[s][m]["forget_quality"] for s in seeds] for m in methods}
-    fq_lines = [f"forget quality per seed {seeds} (≥ {FQ_THRESHOLD:g}: the KS test does not tell the model from the "
-                f"retain model)"] + [f"  {LABELS[m]}: " + ", ".join(_fmt(v) for v in fq_per_seed[m]) for m in methods]
-    claims = npo_tofu_claims(items, seeds)
-    verdicts = claims_table(claims)
-    print(verdicts)
-    print("\n".join(fq_lines))
-    (out / "table.md").write_text(
-        "| model | " + " | ".join(KEYS) + " |\n|---|" + "---|" * len(KEYS) + "\n"
-        + "".join(f"| {LABELS[n]} | " + " | ".join(_fmt(summaries[n].get(k)) for k in KEYS) + " |\n" for n in order)
-        + f"\nMethods: means over unlearning seeds {seeds}.\n\n" + verdicts + "\n\n" + "\n".join(fq_lines) + "\n")
+    rep = report(out, summaries, order, KEYS, per_seed, seeds, items,
+                 note=f"(methods: means over unlearning seeds {seeds}, {steps} steps each; curves and plot: seed "
+                      f"{seeds[0]})")
     timings["total_s"] = time.time() - t0
     write_results(
         out, {"methods": {n: {k: summaries[n].get(k) for k in KEYS} for n in order}}, recipe=None,
         quickstart="tofu-smollm2", model=args.model, methods={n: summaries[n] for n in order}, curves=curves,
-        claims=claims, seeds=seeds, forget_quality_per_seed=fq_per_seed,
+        claims=rep["claims"], seeds=seeds, forget_quality_per_seed=rep["forget_quality_per_seed"],
         per_seed={str(s): {"methods": per_seed[s]} for s in seeds}, data=what, unlearn_steps=steps,
         cache={"dir": str(root), "models": {k: str(v) for k, v in models.items()}, "hits": hits},
-        settings={k: v for k, v in vars(args).items() if k != "func"}, timings_s=timings, table=table,
-        claims_table=verdicts, plot=str(png), offline_model=is_offline_name(args.model))
+        settings={k: v for k, v in vars(args).items() if k != "func"}, timings_s=timings, table=rep["table"],
+        claims_table=rep["claims_table"], plot=str(png), offline_model=is_offline_name(args.model))
     print(f"[tofu-smollm2] wrote {out / 'results.json'}, {out / 'table.md'} and {png} in {timings['total_s']:.0f}s")
     return 0
