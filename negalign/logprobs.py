@@ -3,9 +3,13 @@
 A causal LM's logits for a batch are ``[B, L, V]``; at V = 128k and 4k tokens that is 2 GiB *per sequence* in float32,
 while the losses only need ``log π(y_t)`` of the chosen token at each response position. ``token_logps`` runs the
 decoder once, keeps only the positions that score response tokens, and applies the LM head and log-softmax to
-``chunk_size`` of those positions at a time, each chunk under activation checkpointing, so at most ``chunk_size × V``
-logits exist at once in the forward *and* the backward pass. ``naive_token_logps`` is the plain reference computation
-(used by tests and the ``logprob-memory`` benchmark).
+``chunk_size`` of those positions at a time, each chunk under activation checkpointing (``checkpoint_head=True``),
+so at most ``chunk_size × V`` logits exist at once in the forward *and* the backward pass; the price is a
+second LM-head forward per chunk in the backward. ``checkpoint_head=False`` keeps every chunk's logits for the
+backward instead (no recompute, ``N × V`` float32 logits held for the N scored positions); ``None`` (the default)
+recomputes only when the N positions fill more than one chunk: with a single chunk the recompute cannot lower the
+peak (the head's backward needs that chunk's logits either way, while every decoder activation is still held).
+``naive_token_logps`` is the plain reference computation (used by tests and the ``logprob-memory`` benchmark).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def token_logps(
     response_mask: torch.Tensor,
     chunk_size: int = DEFAULT_CHUNK,
     temperature: float = 1.0,
+    checkpoint_head: bool | None = None,
 ) -> torch.Tensor:
     """Log-probability of every token of ``input_ids`` under ``model``, filled in only where ``response_mask`` is 1.
 
@@ -76,7 +81,8 @@ def token_logps(
     i.e. the response; the first position can never be scored). Returns ``[B, L]`` float32 with 0 outside the mask:
     ``out[b, t] = log π(input_ids[b, t] | input_ids[b, :t])``. Differentiable.
     """
-    return token_logps_and_hidden(model, input_ids, attention_mask, response_mask, chunk_size, temperature)[0]
+    return token_logps_and_hidden(model, input_ids, attention_mask, response_mask, chunk_size, temperature,
+                                  checkpoint_head)[0]
 
 
 def token_logps_and_hidden(
@@ -86,6 +92,7 @@ def token_logps_and_hidden(
     response_mask: torch.Tensor,
     chunk_size: int = DEFAULT_CHUNK,
     temperature: float = 1.0,
+    checkpoint_head: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``token_logps`` plus the decoder's final hidden states ``[B, L, H]`` (``None`` for architectures whose head
     cannot be split off), so a caller can reuse the one forward, e.g. for ``chunked_token_kl(policy_hidden=...)``."""
@@ -100,9 +107,11 @@ def token_logps_and_hidden(
     h = hidden[b_idx, t_idx - 1]  # [N, H]
     targets = input_ids[b_idx, t_idx]  # [N]
     pieces = []
+    if checkpoint_head is None:  # auto: recompute only where it can lower the peak (more than one chunk)
+        checkpoint_head = h.shape[0] > chunk_size
     for start in range(0, h.shape[0], chunk_size):
         hc, tc = h[start : start + chunk_size], targets[start : start + chunk_size]
-        if torch.is_grad_enabled() and hc.requires_grad:
+        if checkpoint_head and torch.is_grad_enabled() and hc.requires_grad:
             pieces.append(checkpoint(_head_logps, hc, tc, head, softcap, temperature, use_reentrant=False))
         else:
             pieces.append(_head_logps(hc, tc, head, softcap, temperature))

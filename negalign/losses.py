@@ -342,15 +342,20 @@ def nft_loss(
     return loss * mask.to(loss.dtype)
 
 
+# NFT's prompt weights ω(r̂) by name (``NFTConfig.omega``); r̂ ``[B]`` is the clamped group accuracy, ω is ``[B]``
+NFT_OMEGAS = {
+    "one_minus_r": lambda r: 1.0 - r,  # the reference
+    "sqrt": lambda r: torch.sqrt((1.0 - r) / r),
+    "one": torch.ones_like,
+}
+
+
 def nft_prompt_weight(correct_rate: torch.Tensor, scheme: str = "one_minus_r") -> torch.Tensor:
-    """NFT's prompt weight ω from the clamped group accuracy r̂: ``1 - r̂`` (default), ``sqrt((1-r̂)/r̂)`` or ``1``."""
-    if scheme == "one_minus_r":
-        return 1.0 - correct_rate
-    if scheme == "sqrt":
-        return torch.sqrt((1.0 - correct_rate) / correct_rate)
-    if scheme == "one":
-        return torch.ones_like(correct_rate)
-    raise ValueError(f"unknown NFT prompt weight {scheme!r}; expected 'one_minus_r', 'sqrt' or 'one'")
+    """NFT's prompt weight ω from the clamped group accuracy r̂: ``1 - r̂`` (default), ``sqrt((1-r̂)/r̂)`` or ``1``
+    (the table ``NFT_OMEGAS``)."""
+    if scheme not in NFT_OMEGAS:
+        raise ValueError(f"unknown NFT prompt weight {scheme!r}; expected one of {tuple(NFT_OMEGAS)}")
+    return NFT_OMEGAS[scheme](correct_rate)
 
 
 # --------------------------------------------------------------------------------------------------------------------

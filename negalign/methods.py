@@ -2,14 +2,17 @@
 
 ``METHODS[name]`` holds the method's title, a one-line summary, its paper (title, authors, year, arXiv id, BibTeX),
 tags (family: ``unlearning`` / ``rlvr`` / ``preference`` / ``per-step`` / ``sft``), the data sets its recipes are
-written for, and the Hub ``pipeline_tag`` of what it trains. Hyper-parameter defaults stay with the method's trainer
-(``METHOD_DEFAULTS``); which module trains a name stays in ``negalign.config.METHODS``; a test checks that both tables
-name the same methods. Pure data: importing this module imports nothing heavy.
+written for, the Hub ``pipeline_tag`` of what it trains, and the module that trains it (``trainer``;
+``negalign.config.METHODS`` is read from here). ``Method.defaults()`` is the one way to a method's preset
+hyper-parameters: the values live beside the config dataclass that checks them (the trainer module's
+``METHOD_DEFAULTS``), and config, ``--show-keys`` and ``--show-method`` read them through the record. Pure data:
+importing this module imports nothing heavy (``defaults()`` imports the trainer).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass
 
 
@@ -100,10 +103,15 @@ class Method:
     datasets: tuple[str, ...] = ()  # Hub ids the shipped recipes train on (a card names the run's own data set)
     pipeline_tag: str = "text-generation"
     language: tuple[str, ...] = ("en",)
+    trainer: str = ""  # the module that trains it: CONFIG_CLASS, METHOD_DEFAULTS, train(recipe)
 
     @property
     def family(self) -> str:
         return self.tags[0]
+
+    def defaults(self) -> dict:
+        """The method's preset config values (its trainer module's ``METHOD_DEFAULTS`` entry; imports the trainer)."""
+        return getattr(importlib.import_module(self.trainer), "METHOD_DEFAULTS", {}).get(self.name, {})
 
     def describe(self) -> str:
         """Two lines for ``--show-method``: title and summary, then the paper."""
@@ -113,20 +121,25 @@ class Method:
         return f"{head}\n  paper: {self.paper.title} ({self.paper.short}), {self.paper.url}"
 
 
+_TRAINERS = "negalign.trainers."
+
+
 def _unlearning(name, title, summary, paper, *extra):
-    return Method(name, title, summary, paper, ("unlearning", *extra), TOFU_DATA)
+    return Method(name, title, summary, paper, ("unlearning", *extra), TOFU_DATA, trainer=_TRAINERS + "unlearn")
 
 
-def _rlvr(name, title, summary, paper):
-    return Method(name, title, summary, paper, ("rlvr", "reasoning", "math"), MATH_DATA)
+def _rlvr(name, title, summary, paper, trainer="nsr"):
+    return Method(name, title, summary, paper, ("rlvr", "reasoning", "math"), MATH_DATA, trainer=_TRAINERS + trainer)
 
 
 def _perstep(name, title, summary):
-    return Method(name, title, summary, PERSTEP, ("per-step", "reasoning", "math"), ("openai/gsm8k",))
+    return Method(name, title, summary, PERSTEP, ("per-step", "reasoning", "math"), ("openai/gsm8k",),
+                  trainer=_TRAINERS + "perstep")
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("sft", "SFT", "supervised fine-tuning (completion-only NLL) on the recipe's answers", None, ("sft",)),
+    Method("sft", "SFT", "supervised fine-tuning (completion-only NLL) on the recipe's answers", None, ("sft",),
+           trainer=_TRAINERS + "sft"),
     # GA and GradDiff are the baselines as the TOFU benchmark defines them
     _unlearning("ga", "GA", "gradient ascent on the forget set", TOFU),
     _unlearning("grad_diff", "GradDiff", "gradient ascent on the forget set + NLL on the retain set", TOFU),
@@ -143,15 +156,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _rlvr("reinforce", "REINFORCE", "RLVR with +1 for correct and -1 for wrong samples; no group baseline", NSR),
     _rlvr("grpo", "GRPO", "TRL's GRPO with the settings of Zhu et al. 2025's baseline", DEEPSEEKMATH),
     _rlvr("grpo_trl", "GRPO", "TRL's GRPO with TRL's defaults", DEEPSEEKMATH),
-    _rlvr("nft", "NFT", "Negative-aware Fine-Tuning: wrong answers train an implicit negative policy", NFT),
+    _rlvr("nft", "NFT", "Negative-aware Fine-Tuning: wrong answers train an implicit negative policy", NFT,
+          trainer="nft"),
     Method("d2o", "D²O", "Distributional Dispreference Optimization: human negatives against self-sampled anchors", D2O,
-           ("preference", "alignment", "safety"), ("PKU-Alignment/PKU-SafeRLHF",)),
+           ("preference", "alignment", "safety"), ("PKU-Alignment/PKU-SafeRLHF",), trainer=_TRAINERS + "d2o"),
     Method("madpo_reward", "MADPO reward model", "MADPO step 1: a reward model on the preference pairs", MADPO,
-           ("preference", "reward-model"), IMDB_PAIRS, pipeline_tag="text-classification"),
+           ("preference", "reward-model"), IMDB_PAIRS, pipeline_tag="text-classification",
+           trainer=_TRAINERS + "madpo"),
     Method("madpo", "MADPO", "Margin-Adaptive DPO: DPO weighted per pair by the reward model's margin", MADPO,
-           ("preference", "dpo"), IMDB_PAIRS),
+           ("preference", "dpo"), IMDB_PAIRS, trainer=_TRAINERS + "madpo"),
     Method("dpo", "DPO", "Direct Preference Optimization (TRL's DPOTrainer; the MADPO baseline)", DPO,
-           ("preference", "dpo"), IMDB_PAIRS),
+           ("preference", "dpo"), IMDB_PAIRS, trainer=_TRAINERS + "madpo"),
     _perstep("perstep_dpo", "Per-step DPO",
              "DPO of a correct solution against a wrong one cut after its first pit (Monte-Carlo step values)"),
     _perstep("perstep_awr", "Per-step AWR", "advantage-weighted likelihood with per-step Monte-Carlo advantages"),

@@ -185,15 +185,41 @@ def load_model_and_tokenizer(model_section: dict, corpus=None, dtype: str | None
             path = build_kit_model(kit.pop("dir", "runs/kit"), corpus(), **kit)
     else:
         refuse_missing_folder(path, "model.name_or_path")
-    dtype = dtype or model_section.get("dtype") or "auto"
-    kwargs = {"dtype": getattr(torch, dtype) if dtype not in ("auto", None) else "auto"}
-    if model_section.get("attn_implementation"):
-        kwargs["attn_implementation"] = model_section["attn_implementation"]
+    kwargs = _load_kwargs(model_section, dtype)
     if model_section.get("revision") and kit is None:
         kwargs["revision"] = str(model_section["revision"])
-    trust = bool(model_section.get("trust_remote_code", False))
+    trust = kwargs.pop("trust_remote_code")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, revision=kwargs.get("revision"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust, **kwargs)
     return model, tokenizer, path
+
+
+def _load_kwargs(model_section: dict, dtype=None) -> dict:
+    """``from_pretrained`` keywords from a recipe's ``model`` section: ``dtype`` (an argument — a name or a
+    ``torch.dtype`` — over the section's, default ``auto``), ``attn_implementation``, ``trust_remote_code``."""
+    dtype = dtype or model_section.get("dtype") or "auto"
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
+    kwargs = {"dtype": dtype}
+    if model_section.get("attn_implementation"):
+        kwargs["attn_implementation"] = model_section["attn_implementation"]
+    kwargs["trust_remote_code"] = bool(model_section.get("trust_remote_code", False))
+    return kwargs
+
+
+def load_reference_model(model_section: dict, dtype=None):
+    """The frozen reference of a recipe: ``model.ref_name_or_path`` loaded as a causal LM the way the policy is
+    (an ``offline:`` name resolved, a missing local folder refused naming the key, the section's ``dtype`` unless
+    ``dtype`` is given, ``attn_implementation``, ``trust_remote_code``), or ``None`` when the recipe names none (the
+    trainer then uses the starting model, or the adapter-disabled base under PEFT). ``model.revision`` pins the
+    policy's repository, so it is not applied to the reference."""
+    path = model_section.get("ref_name_or_path")
+    if not path:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(path)
+    refuse_missing_folder(path, "model.ref_name_or_path")
+    return AutoModelForCausalLM.from_pretrained(path, **_load_kwargs(model_section, dtype))

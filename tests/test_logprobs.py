@@ -67,3 +67,32 @@ def test_kit_is_reused_and_rebuilt_on_change(tmp_path):
     assert (tmp_path / "k" / "model.safetensors").stat().st_mtime_ns == mtime
     build_kit_model(tmp_path / "k", KIT_CORPUS[:50], arch="llama")
     assert "llama" in (tmp_path / "k" / "config.json").read_text()
+
+
+def test_kept_head_equals_recomputed_head(kit):
+    """``checkpoint_head=False`` (``logprob_checkpoint_head``: keep each chunk's logits for the backward instead of
+    recomputing the head) changes memory and time only: the same log-probs and the same gradients as the default."""
+    model, tok = kit
+    ids, am, resp = _batch(tok)
+    grads = []
+    for keep in (False, True, None):  # None: auto (recompute only across more than one chunk)
+        out = token_logps(model, ids, am, resp, chunk_size=4, checkpoint_head=keep)
+        grads.append((out, torch.autograd.grad(sequence_logps(out, resp).sum(), list(model.parameters()),
+                                               allow_unused=True)))
+    for other in grads[1:]:
+        torch.testing.assert_close(grads[0][0], other[0], atol=0, rtol=0)
+        for a, b in zip(grads[0][1], other[1]):
+            if a is not None or b is not None:
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_logprob_checkpoint_head_setting(tmp_path):
+    """The trainer's named setting: auto by default (measured on SmolLM2, see its help), always / never by name,
+    anything else refused before training."""
+    from negalign.trainers.unlearn_config import HEAD_CHECKPOINT, UnlearnConfig
+
+    kw = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert UnlearnConfig(**kw).logprob_checkpoint_head == "auto" and HEAD_CHECKPOINT["auto"] is None
+    assert HEAD_CHECKPOINT["always"] is True and HEAD_CHECKPOINT["never"] is False
+    with pytest.raises(ValueError, match="logprob_checkpoint_head"):
+        UnlearnConfig(**kw, logprob_checkpoint_head="sometimes")

@@ -51,7 +51,7 @@ def test_dynamic_filtering_refills_the_batch(arith_kit, tmp_path):
     tr = make_trainer(NFTTrainer, NFTConfig, arith_kit, tmp_path, ds)
     out = tr._generate_and_score_completions(batch_inputs(ds, [0, 1]))
     assert out["completion_ids"].shape[0] == B_PROMPTS * G  # same size as asked: refilled, not shrunk
-    assert torch.all(out["nft_weight"] == 1)
+    assert torch.all(out["nft_filled"] == 1)
     rhat = out["nft_rhat"].view(-1, G)[:, 0]
     assert torch.all(rhat == 0.5)  # only informative (mixed) groups remain
     assert tr._metrics["train"]["nft/refill_rounds"][-1] >= 1
@@ -71,7 +71,7 @@ def test_dynamic_filtering_gives_up_with_zero_weight_slots(arith_kit, tmp_path):
     tr = make_trainer(NFTTrainer, NFTConfig, arith_kit, tmp_path, ds, max_refill_rounds=0)
     out = tr._generate_and_score_completions(batch_inputs(ds, [0, 1]))
     assert out["completion_ids"].shape[0] == B_PROMPTS * G
-    assert torch.all(out["nft_weight"] == 0)
+    assert torch.all(out["nft_filled"] == 0)
     _, grads = loss_grads(tr, out)
     assert all(torch.all(g == 0) for g in grads.values())
 
@@ -173,7 +173,7 @@ def test_unfilled_slots_stay_out_of_the_token_mean(arith_kit, tmp_path):
     tr = make_trainer(NFTTrainer, NFTConfig, arith_kit, tmp_path / "both", ds, max_refill_rounds=0,
                       reduction="token_mean")
     out = tr._generate_and_score_completions(batch_inputs(ds, [0, 1]))
-    assert out["nft_weight"].tolist() == [1.0] * G + [0.0] * G
+    assert out["nft_filled"].tolist() == [1.0] * G + [0.0] * G
     filled_tokens = out["completion_mask"][:G].sum().item()
     assert out["num_items_in_batch"].item() == filled_tokens
     _, g_both = loss_grads(tr, out)

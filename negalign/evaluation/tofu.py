@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from negalign.data import DataError
+from negalign.data.batching import pad_rows, pad_sequences, pad_token_id
 from negalign.data.templates import TEMPLATE_NAMES, encode_qa, prompt_ids, resolve_template
 from negalign.data.tofu import read_split
 from negalign.distributed import end_processes, process_state, run_sharded
@@ -134,22 +135,13 @@ def score_encoded(model, tokenizer, rows: list[tuple[list[int], list[int]]], bat
     and its EOS, from ``negalign.data.templates.encode_qa``)."""
     from negalign.logprobs import sequence_logps, token_logps
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     order = np.argsort([-len(r[0]) for r in rows], kind="stable")
     sums, lens = np.zeros(len(rows)), np.zeros(len(rows), dtype=np.int64)
     device = _device(model)
     for s in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
         idx = order[s : s + batch_size]
-        L = max(len(rows[i][0]) for i in idx)
-        ids = torch.full((len(idx), L), pad, dtype=torch.long)
-        am = torch.zeros_like(ids)
-        cm = torch.zeros_like(ids)
-        for j, i in enumerate(idx):
-            t, m = rows[i]
-            ids[j, : len(t)] = torch.tensor(t)
-            am[j, : len(t)] = 1
-            cm[j, : len(t)] = torch.tensor(m)
-        ids, am, cm = ids.to(device), am.to(device), cm.to(device)
+        ids, am, cm = (t.to(device) for t in pad_rows([rows[i] for i in idx], pad))
         tl = token_logps(model, ids, am, cm)
         cm0 = cm.clone()
         cm0[:, 0] = 0
@@ -163,18 +155,14 @@ def generate_answers(model, tokenizer, encoded: list[list[int]], batch_size: int
                      max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> list[str]:
     """Greedy answers to prompt ids (``negalign.data.templates.prompt_ids``), batched with left padding, stopping at
     EOS; the text is cut at the first EOS and stripped (open-unlearning's ``eval_text_similarity``)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     device = _device(model)
     out = [""] * len(encoded)
     order = np.argsort([-len(e) for e in encoded], kind="stable")
     for s in tqdm(range(0, len(encoded), batch_size), desc="greedy generation", disable=not progress, leave=False):
         idx = order[s : s + batch_size]
-        L = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), L), pad, dtype=torch.long)
-        am = torch.zeros_like(ids)
-        for j, i in enumerate(idx):
-            ids[j, L - len(encoded[i]):] = torch.tensor(encoded[i])
-            am[j, L - len(encoded[i]):] = 1
+        ids, am = pad_sequences([encoded[i] for i in idx], pad, side="left")
+        L = ids.shape[1]
         gen = model.generate(
             input_ids=ids.to(device), attention_mask=am.to(device), do_sample=False, max_new_tokens=max_new_tokens,
             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,

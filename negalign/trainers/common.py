@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from negalign.data import LOADERS
+from negalign.data.batching import completion_labels
 from negalign.distributed import run_sharded
-from negalign.models import load_model_and_tokenizer
+from negalign.models import load_model_and_tokenizer, load_reference_model
 from negalign.results import write_results
 from negalign.trainers import compat
 from negalign.trainers.guard import NonFiniteGuard, resolve_checkpoint
@@ -29,19 +30,10 @@ def model_and_tokenizer(recipe, loader=None):
 
 
 def reference_model(recipe, dtype=None):
-    """The recipe's ``model.ref_name_or_path`` loaded as a causal LM, or ``None`` (the trainer then uses the
-    starting model, or the adapter-disabled base under PEFT)."""
-    path = recipe.model.get("ref_name_or_path")
-    if not path:
-        return None
-    from transformers import AutoModelForCausalLM
-
-    from negalign.models import refuse_missing_folder, resolve_model
-
-    path = resolve_model(path)  # an offline: name becomes its cached folder
-    refuse_missing_folder(path, "model.ref_name_or_path")
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+    """The recipe's ``model.ref_name_or_path`` as a causal LM, or ``None`` (the trainer then uses the starting model,
+    or the adapter-disabled base under PEFT): ``negalign.models.load_reference_model``, the one loader every trainer
+    uses."""
+    return load_reference_model(recipe.model, dtype)
 
 
 def peft_config(recipe):
@@ -148,7 +140,7 @@ def fused_sequence_logps(model, inputs: dict, skip) -> tuple:
     completion_mask = inputs["completion_mask"]  # [N, L]
     model_kwargs = {k: v for k, v in inputs.items() if k not in skip}
     model_kwargs["use_cache"] = False
-    labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+    labels = completion_labels(inputs["input_ids"], completion_mask)  # [N, L], -100 off the completion
     outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
     seq_len = completion_mask.size(1) - 1
     return outputs.log_probs[:, -seq_len:].sum(dim=1), outputs  # [N]

@@ -81,7 +81,6 @@ PRIVATE_API: dict[str, PrivateUse] = {
         "trl.models.utils", names=("unwrap_model_for_generation", "prepare_deepspeed"),
         users=("trainers.d2o.refresh_anchors", "trainers.common.dpo_reference_scorer", "trainers.unlearn"),
     ),
-    "trl.trainer.utils": PrivateUse("trl.trainer.utils", names=("pad",), users=("trainers.d2o", "trainers.madpo")),
     "trl.trainer.dpo_trainer": PrivateUse(
         "trl.trainer.dpo_trainer", names=("DataCollatorForPreference",), users=("trainers.madpo",),
     ),

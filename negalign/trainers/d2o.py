@@ -31,14 +31,14 @@ from transformers import TrainerCallback
 from negalign.trainers import compat
 
 # before the imports of TRL's private helpers below, so that a missing one is named with the tested range
-compat.check("trl.DPOTrainer", "trl.data_utils", "trl.trainer.utils", "trl.models.utils", "transformers.Trainer",
+compat.check("trl.DPOTrainer", "trl.data_utils", "trl.models.utils", "transformers.Trainer",
              "transformers.PretrainedConfig")
 
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 from trl.data_utils import _tokenize, common_prefix_length  # noqa: E402
-from trl.trainer.utils import pad  # noqa: E402
 
 from negalign.data import DataError
+from negalign.data.batching import join, pad_rows, truncate
 from negalign.distributed import run_sharded
 from negalign.generation import check_generation_file, generate_distributed, make_engine, read_generations
 from negalign.losses import d2o_loss
@@ -111,30 +111,18 @@ class D2OCollator:
     version: list | None = None  # one-element list: the store's version when collated
 
     def __call__(self, examples: list[dict]) -> dict:
-        seqs, masks = [], []
+        rows = []
         anchor_ref, have_ref = [], "ref_anchor_logps" in examples[0]
         for ex in examples:
             anchors, ref = ex["anchor_ids"], ex.get("ref_anchor_logps")
             if self.store is not None and ex.get("index") in self.store:
                 anchors, ref = self.store[ex["index"]]
-            for k, a in enumerate(anchors):
-                seqs.append(ex["prompt_ids"] + a)
-                masks.append([0] * len(ex["prompt_ids"]) + [1] * len(a))
+            rows.extend(join(ex["prompt_ids"], a) for a in anchors)
             if have_ref:
                 anchor_ref.append(list(ref))
-        for ex in examples:
-            seqs.append(ex["prompt_ids"] + ex["rejected_ids"])
-            masks.append([0] * len(ex["prompt_ids"]) + [1] * len(ex["rejected_ids"]))
-        if self.max_length is not None:
-            seqs = [s[: self.max_length] for s in seqs]
-            masks = [m[: self.max_length] for m in masks]
-        out = {
-            "input_ids": pad([torch.tensor(s) for s in seqs], padding_value=self.pad_token_id, padding_side="right"),
-            "attention_mask": pad([torch.ones(len(s), dtype=torch.long) for s in seqs], padding_value=0,
-                                  padding_side="right"),
-            "completion_mask": pad([torch.tensor(m, dtype=torch.long) for m in masks], padding_value=0,
-                                   padding_side="right"),
-        }
+        rows.extend(join(ex["prompt_ids"], ex["rejected_ids"]) for ex in examples)
+        ids, am, cm = pad_rows(truncate(rows, self.max_length), self.pad_token_id)
+        out = {"input_ids": ids, "attention_mask": am, "completion_mask": cm}
         if have_ref:
             out["ref_anchor_logps"] = torch.tensor(anchor_ref, dtype=torch.float32)  # [B, K]
             out["ref_rejected_logps"] = torch.tensor([ex["ref_rejected_logps"] for ex in examples], dtype=torch.float32)

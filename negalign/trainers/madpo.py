@@ -28,14 +28,13 @@ from datasets import Dataset
 from negalign.trainers import compat
 
 # before the imports of TRL's private helpers below, so that a missing one is named with the tested range
-compat.check("trl.DPOTrainer", "trl.data_utils", "trl.trainer.utils", "trl.trainer.dpo_trainer",
-             "transformers.Trainer")
+compat.check("trl.DPOTrainer", "trl.data_utils", "trl.trainer.dpo_trainer", "transformers.Trainer")
 
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer  # noqa: E402
 from trl.data_utils import _tokenize  # noqa: E402
 from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
-from trl.trainer.utils import pad  # noqa: E402
 
+from negalign.data.batching import pad_sequences
 from negalign.distributed import accelerator_available, process_state, run_sharded
 from negalign.errors import DataError, RecipeError
 from negalign.losses import madpo_loss, madpo_weights
@@ -118,8 +117,7 @@ def compute_margins(reward_model, tokenizer, dataset: Dataset, batch_size: int =
         seqs += [_pair_ids(tokenizer, r["prompt"], r["rejected"]) for r in chunk]
         if max_length is not None:
             seqs = [s[:max_length] for s in seqs]
-        ids = pad([torch.tensor(s) for s in seqs], padding_value=tokenizer.pad_token_id, padding_side="right")
-        am = pad([torch.ones(len(s), dtype=torch.long) for s in seqs], padding_value=0, padding_side="right")
+        ids, am = pad_sequences(seqs, tokenizer.pad_token_id)
         scores = reward_model(input_ids=ids.to(device), attention_mask=am.to(device)).logits.squeeze(-1).float()
         chosen, rejected = scores.chunk(2)
         out.extend((chosen - rejected).cpu().tolist())

@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from negalign.losses import nft_loss, nft_prompt_weight
+from negalign.losses import NFT_OMEGAS, nft_loss, nft_prompt_weight
 from negalign.trainers import compat
 from negalign.trainers.common import train_and_finish
 from negalign.trainers.nsr import RLVRMixin, build_trainer
 
 compat.check("trl.GRPOTrainer", "transformers.Trainer")  # private GRPOTrainer methods overridden below
 
-OMEGAS = ("one_minus_r", "sqrt", "one")
 REDUCTIONS = ("sum_const", "token_mean")
 
 
@@ -64,8 +63,8 @@ class NFTConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.omega not in OMEGAS:
-            raise ValueError(f"NFTConfig.omega must be one of {OMEGAS}, got {self.omega!r}")
+        if self.omega not in NFT_OMEGAS:
+            raise ValueError(f"NFTConfig.omega must be one of {tuple(NFT_OMEGAS)}, got {self.omega!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"NFTConfig.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         if not 0.0 < self.rhat_min <= self.rhat_max < 1.0:
@@ -80,7 +79,7 @@ METHOD_DEFAULTS = {"nft": {"beta": 0.0}}
 _LEFT_PADDED = {"prompt_ids", "prompt_mask"}
 _PER_TOKEN = {"completion_ids", "completion_mask", "old_per_token_logps", "sampling_per_token_logps",
               "importance_sampling_ratio", "ref_per_token_logps", "tool_mask"}
-_PER_ROW = {"advantages", "nft_correct", "nft_rhat", "nft_weight", "rlvr_keep"}
+_PER_ROW = {"advantages", "nft_correct", "nft_rhat", "nft_filled", "rlvr_keep"}
 
 
 def _pad_cat(tensors: list[torch.Tensor], value, left: bool) -> torch.Tensor:
@@ -135,7 +134,7 @@ class NFTTrainer(RLVRMixin, GRPOTrainer):
         device = out["completion_ids"].device
         out["nft_correct"] = correct.to(device)
         out["nft_rhat"] = rhat.to(device)
-        out["nft_weight"] = torch.ones_like(rhat, device=device)
+        out["nft_filled"] = torch.ones_like(rhat, device=device)  # 1: a filled slot; 0: an unfilled one (no loss)
         out["rlvr_keep"] = torch.ones_like(rhat, device=device)
         out["advantages"] = (correct - raw.repeat_interleave(num_generations)).to(device)  # Dr. GRPO's A, for logs
         informative = (raw > 0) & (raw < 1)
@@ -180,7 +179,7 @@ class NFTTrainer(RLVRMixin, GRPOTrainer):
         rows = (order.unsqueeze(1) * g + torch.arange(g)).flatten().to(batch["completion_ids"].device)
         batch = self._select(batch, rows)
         if unfilled:
-            batch["nft_weight"][-unfilled * g :] = 0.0
+            batch["nft_filled"][-unfilled * g :] = 0.0
             batch["rlvr_keep"][-unfilled * g :] = 0.0
         loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1) * batch["rlvr_keep"].unsqueeze(1)
         batch["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
@@ -227,7 +226,7 @@ class NFTTrainer(RLVRMixin, GRPOTrainer):
         old = logps.detach() if old is None else old
         rhat = inputs["nft_rhat"]
         per_token = nft_loss(logps, old, inputs["nft_correct"], rhat, mask, self.args.eps_pos, self.args.eps_neg)
-        weight = nft_prompt_weight(rhat, self.args.omega) * inputs["nft_weight"]  # [B]
+        weight = nft_prompt_weight(rhat, self.args.omega) * inputs["nft_filled"]  # [B]
         per_token = per_token * weight.unsqueeze(-1)
         if self.args.vllm_importance_sampling_correction and "importance_sampling_ratio" in inputs:
             per_token = per_token * inputs["importance_sampling_ratio"]  # TRL's vLLM sampler/trainer correction

@@ -36,6 +36,7 @@ import torch
 from transformers import Trainer
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from negalign.data.batching import pad_rows, right_pad
 from negalign.data.steps import chat_prompt  # noqa: F401  (its home is negalign.data; re-exported here)
 from negalign.distributed import process_state
 from negalign.losses import masked_mean, step_weighted_nll, step_weights
@@ -292,14 +293,9 @@ class AWRCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows):
-        n = max(len(r["input_ids"]) for r in rows)
-        pad = lambda seq, v: list(seq) + [v] * (n - len(seq))  # noqa: E731
-        return {
-            "input_ids": torch.tensor([pad(r["input_ids"], self.pad_id) for r in rows]),
-            "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
-            "response_mask": torch.tensor([pad(r["response_mask"], 0) for r in rows]),
-            "advantages": torch.tensor([pad(r["advantages"], 0.0) for r in rows], dtype=torch.float32),
-        }
+        ids, am, mask = pad_rows([(r["input_ids"], r["response_mask"]) for r in rows], self.pad_id)
+        advantages = right_pad([r["advantages"] for r in rows], 0.0, ids.shape[1], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": am, "response_mask": mask, "advantages": advantages}
 
 
 class PerStepAWRTrainer(Trainer):

@@ -21,7 +21,7 @@ cached columns it reads and its loss from ``negalign.losses``), retain term ``no
 
 Presets and the configuration live in ``negalign.trainers.unlearn_config`` (re-exported here), the forget-term table
 in ``negalign.trainers.unlearn_terms``, the reference pass and its cache in ``negalign.trainers.unlearn_reference``,
-tokenising and padding helpers in ``negalign.trainers.unlearn_utils``.
+the PEFT reference view in ``negalign.trainers.unlearn_utils``, tokenising and padding in ``negalign.data.batching``.
 """
 
 from __future__ import annotations
@@ -41,14 +41,17 @@ from trl.trainer.base_trainer import _BaseTrainer  # noqa: E402
 
 from negalign import logprobs as lp
 from negalign.data import DataError
+from negalign.data.batching import pad_rows, pad_token_id, tokenize_pair  # noqa: F401  (tests import pad_rows here)
 from negalign.losses import kl_batchmean, kl_loss, nll_loss
 from negalign.trainers.common import (
     NonFiniteLossCallback,
     data_loader,
     model_and_tokenizer,
     peft_config,
+    reference_model,
     train_and_finish,
 )
+from negalign.trainers.unlearn_config import HEAD_CHECKPOINT
 from negalign.trainers.unlearn_config import (  # noqa: F401  (re-exported: recipes and tests import them from here)
     CONFIG_CLASS,
     FORGET_LOSSES,
@@ -70,13 +73,7 @@ from negalign.trainers.unlearn_terms import (
     Segment,
     TermInputs,
 )
-from negalign.trainers.unlearn_utils import (  # noqa: F401
-    AdapterDisabledReference,
-    is_peft,
-    pad_rows,
-    tokenize_pair,
-    weights_fingerprint,
-)
+from negalign.trainers.unlearn_utils import AdapterDisabledReference, is_peft, weights_fingerprint  # noqa: F401
 
 # ------------------------------------------------------------------------------------------------------------------
 # the trainer
@@ -135,7 +132,7 @@ class UnlearnTrainer(ReferenceLogps, _BaseTrainer):
             model = get_peft_model(model, peft_config)
         if is_peft(model) and args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-        self.pad_id = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
+        self.pad_id = pad_token_id(processing_class)
 
         def tok(example):
             ids, cm = tokenize_pair(processing_class, example["prompt"], example["completion"], args.max_length)
@@ -311,7 +308,8 @@ class UnlearnTrainer(ReferenceLogps, _BaseTrainer):
             mask = cm.clone().float()
             mask[:, 0] = 0
             return out * mask, None, logits
-        token_lp, hidden = lp.token_logps_and_hidden(model, ids, am, cm, chunk_size=self.args.logprob_chunk_size)
+        token_lp, hidden = lp.token_logps_and_hidden(model, ids, am, cm, chunk_size=self.args.logprob_chunk_size,
+                                                     checkpoint_head=HEAD_CHECKPOINT[self.args.logprob_checkpoint_head])
         return token_lp, hidden, None
 
     def retain_kl(self, model, ids, am, cm, hidden=None, logits=None) -> torch.Tensor:
@@ -452,12 +450,7 @@ def train(recipe) -> dict:
     model, tokenizer, path = model_and_tokenizer(recipe, loader)
     forget, retain = loader.load_unlearning(tokenizer, process_index=process_state().process_index,
                                             max_length=config.max_length, **alternates)
-    ref_model = None
-    ref_path = recipe.model.get("ref_name_or_path")
-    if ref_path and (term.columns or config.retain_loss == "kl"):
-        from negalign.models import load_model_and_tokenizer
-
-        ref_model, _, _ = load_model_and_tokenizer({**recipe.model, "name_or_path": ref_path, "kit": None})
+    ref_model = reference_model(recipe) if term.columns or config.retain_loss == "kl" else None
     callbacks = [NonFiniteLossCallback()]
     if config.tofu_eval_steps:
         from negalign.evaluation.tofu import TofuEvalCallback

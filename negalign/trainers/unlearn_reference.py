@@ -16,10 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from negalign import logprobs as lp
+from negalign.data.batching import pad_rows
 from negalign.distributed import run_sharded
 from negalign.trainers.unlearn_config import REF_CACHE_NAME
 from negalign.trainers.unlearn_terms import CACHED_COLUMNS
-from negalign.trainers.unlearn_utils import is_peft, pad_rows, weights_fingerprint
+from negalign.trainers.unlearn_utils import is_peft, weights_fingerprint
 
 
 class ReferenceLogps:

@@ -1,39 +1,11 @@
-"""Pieces of the unlearning trainer: tokenising text pairs, padding, the PEFT adapter-off reference, fingerprints."""
+"""Pieces of the unlearning trainer: the PEFT adapter-off reference, fingerprints (tokenising and padding:
+``negalign.data.batching``)."""
 
 from __future__ import annotations
 
 import hashlib
 
 import torch
-
-from negalign.data import DataError
-
-
-def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, completion_mask) of prompt + completion, tokenised separately so the answer boundary is exact."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if not c:
-        raise DataError(f"an answer tokenises to nothing (prompt {prompt[:80]!r})")
-    if len(p) + len(c) > max_length:
-        keep_c = max(1, min(len(c), max_length - min(len(p), max_length // 2)))
-        c = c[:keep_c]
-        p = p[-(max_length - len(c)):]
-    return p + c, [0] * len(p) + [1] * len(c)
-
-
-def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int, length: int | None = None):
-    """Right-pad ``[(ids, completion_mask)]`` → (input_ids, attention_mask, completion_mask), each ``[B, L]``."""
-    length = length or max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    am = torch.zeros((len(rows), length), dtype=torch.long)
-    cm = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (row, mask) in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        am[i, : len(row)] = 1
-        cm[i, : len(row)] = torch.tensor(mask)
-    return ids, am, cm
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # the reference as seen through a PEFT model with its adapters disabled
