@@ -89,3 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:  # the non-finite guard (negalign.trainers.guard): nothing saved after it
         print(f"negalign {args.command}: error: {e}", file=sys.stderr)
         return 3
+    except BrokenPipeError:  # `negalign recipes | head`: the reader left; say nothing, as POSIX tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141  # 128 + SIGPIPE, a shell's status for a command killed by a closed pipe

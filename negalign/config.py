@@ -28,35 +28,14 @@ from typing import Any
 
 import yaml
 
+from negalign import methods as _method_records
+
 SECTIONS = ("model", "data", "method", "training", "peft", "output")
 
-# method name -> the module that trains it. The module defines CONFIG_CLASS (a dataclass extending a TRL config),
-# optional METHOD_DEFAULTS {method name: {field: value}}, and train(recipe) -> dict of metrics.
-METHODS = {
-    "sft": "negalign.trainers.sft",
-    "ga": "negalign.trainers.unlearn",
-    "grad_diff": "negalign.trainers.unlearn",
-    "npo": "negalign.trainers.unlearn",
-    "npo_rt": "negalign.trainers.unlearn",
-    "npo_kl": "negalign.trainers.unlearn",
-    "simnpo": "negalign.trainers.unlearn",
-    "idk_dpo": "negalign.trainers.unlearn",
-    "psr": "negalign.trainers.nsr",
-    "nsr": "negalign.trainers.nsr",
-    "w_reinforce": "negalign.trainers.nsr",
-    "reinforce": "negalign.trainers.nsr",
-    "grpo": "negalign.trainers.nsr",
-    "grpo_trl": "negalign.trainers.nsr",
-    "nft": "negalign.trainers.nft",
-    "d2o": "negalign.trainers.d2o",
-    "madpo_reward": "negalign.trainers.madpo",
-    "madpo": "negalign.trainers.madpo",
-    "dpo": "negalign.trainers.madpo",
-    "perstep_dpo": "negalign.trainers.perstep",
-    "perstep_awr": "negalign.trainers.perstep",
-    "dpo_full": "negalign.trainers.perstep",
-    "rft": "negalign.trainers.perstep",
-}
+# method name -> the module that trains it, from the method records (negalign.methods: one record per method). The
+# module defines CONFIG_CLASS (a dataclass extending a TRL config), optional METHOD_DEFAULTS {method name: {field:
+# value}} (read through ``Method.defaults()``), and train(recipe) -> dict of metrics.
+METHODS = {name: record.trainer for name, record in _method_records.METHODS.items()}
 
 MODEL_KEYS = {
     "name_or_path": "Hub id or local folder of the model to train.",
@@ -73,6 +52,7 @@ OUTPUT_KEYS = {
     "push_to_hub": "Upload the final model with a model card after training.",
     "repo_id": "Hub repository id for push_to_hub.",
     "private": "Create the Hub repository as private.",
+    "license": "License of the model on the Hub (the model card's license), e.g. apache-2.0.",
 }
 ALIASES = {"output_dir": "output.dir"}
 
@@ -178,7 +158,7 @@ class Recipe:
         """The method's TRL config from ``training`` + ``method`` (+ ``extra``), with CPU-friendly defaults."""
         mod = self.module()
         cls = mod.CONFIG_CLASS
-        kwargs = _renamed(getattr(mod, "METHOD_DEFAULTS", {}).get(self.method_name, {}), cls)  # each layer renamed
+        kwargs = _renamed(_method_records.get(self.method_name).defaults(), cls)  # each layer renamed
         kwargs.update(_renamed({k: v for k, v in self.sections["method"].items() if k != "name"}, cls))
         kwargs.update(_renamed(self.sections["training"], cls))
         kwargs.update(_renamed(extra, cls))
@@ -470,7 +450,7 @@ def section_keys(section: str, method: str | None = None, data_name: str | None 
             return from_fields(fields)
         mod = method_module(method)
         own, training = config_fields(mod.CONFIG_CLASS)
-        presets = getattr(mod, "METHOD_DEFAULTS", {}).get(method, {})
+        presets = _method_records.get(method).defaults()
         if section == "method":
             return {"name": (method, "The method."), **from_fields(own, presets)}
         return from_fields({k: v for k, v in training.items() if k != "output_dir"}, presets)

@@ -22,7 +22,11 @@ import yaml
 
 from negalign.config import RecipeError
 
-IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", "runs/**", "tofu_eval/**", "training_args.bin"]
+# files never uploaded: checkpoints, logs, evaluations, the offline kit model a run builds inside its output
+# directory (``kit/``, the default ``model.kit.dir``; a recipe's own kit dir under the folder is added by :func:`push`)
+# and the trainers' caches (per-step samples and step values, D2O anchors, unlearning reference log-probs)
+IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", "runs/**", "tofu_eval/**", "training_args.bin", "kit", "kit/**",
+          "perstep_cache/**", "anchors.jsonl", "ref_*_logps.json"]
 TOFU_KEYS = [
     ("forget_quality", "Forget quality (KS p-value vs retain model)"),
     ("model_utility", "Model utility (harmonic mean of 9)"),
@@ -198,6 +202,7 @@ def build_card(folder, repo_id: str | None = None, eval_results: str | None = No
         raise RecipeError(f"{folder} does not say which method trained it (no results.json with a recipe)")
     record = get(method)
     name = (repo_id or folder.name).split("/")[-1]
+    license = license or (recipe.get("output") or {}).get("license")  # the recipe's output.license
     notes = []
     base, note = (base_model, None) if base_model else resolve_base_model(recipe)
     if note:
@@ -248,8 +253,7 @@ def build_card(folder, repo_id: str | None = None, eval_results: str | None = No
     if datasets:
         lines.append("Data: " + ", ".join(f"[`{d}`](https://huggingface.co/datasets/{d})" for d in datasets) + ".")
     if is_adapter:
-        lines += ["", "This repository holds a PEFT (LoRA) adapter; load it on top of the base model with "
-                  "`peft.AutoPeftModelForCausalLM.from_pretrained(REPO)`."]
+        lines += ["", _adapter_loading(repo_id or f"USER/{name}", base, record.pipeline_tag)]
     for n in notes:
         lines += ["", f"Note: {n}."]
     lines += [""] + body_metrics
@@ -269,6 +273,19 @@ def build_card(folder, repo_id: str | None = None, eval_results: str | None = No
     if cites:
         lines += ["## Citation", "", "```bibtex", "\n\n".join(cites), "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _adapter_loading(repo: str, base: str | None, pipeline_tag: str) -> str:
+    """How a Hub user loads the adapter. The uploaded ``adapter_config.json`` names ``base`` (:func:`push` writes the
+    Hub id there when the run's was a local folder), so ``AutoPeftModel`` finds the base by itself."""
+    auto = "AutoModelForSequenceClassification" if pipeline_tag == "text-classification" else "AutoModelForCausalLM"
+    if not base:
+        return ("This repository holds a PEFT (LoRA) adapter of a model with no Hub id (see the note below); load it "
+                f"with `peft.PeftModel.from_pretrained(transformers.{auto}.from_pretrained(BASE_FOLDER), \"{repo}\")`.")
+    return ("This repository holds a PEFT (LoRA) adapter of "
+            f"[`{base}`](https://huggingface.co/{base}); load it with "
+            f"`peft.AutoPeftModelFor{auto.removeprefix('AutoModelFor')}.from_pretrained(\"{repo}\")`, or "
+            f"`peft.PeftModel.from_pretrained(transformers.{auto}.from_pretrained(\"{base}\"), \"{repo}\")`.")
 
 
 def model_card(folder: Path, repo_id: str, eval_results: str | None = None, **kw) -> str:
@@ -310,11 +327,18 @@ def push(folder, repo_id: str, private: bool = False, token: str | None = None, 
                           "loaded from the Hub; give it with --base-model HUB_ID (push_to_hub: model.name_or_path)")
     readme = folder / "README.md"
     previous = readme.read_bytes() if readme.is_file() else None
+    # the uploaded adapter_config.json names the Hub base (the local one keeps the local folder it was trained on)
+    adapter = folder / "adapter_config.json"
+    adapter_local = adapter.read_bytes() if card.data.library_name == "peft" and adapter.is_file() else None
+    adapter_hub = _adapter_config_for_hub(adapter_local, card.data.base_model)
     api = HfApi(token=token)
     url = api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
     readme.write_text(str(card))
     try:
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", ignore_patterns=IGNORE,
+        if adapter_hub is not None:
+            adapter.write_bytes(adapter_hub)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                          ignore_patterns=IGNORE + _kit_patterns(folder, recipe),
                           commit_message=commit_message or "Upload model trained with negalign")
     except BaseException:
         if previous is None:
@@ -322,7 +346,35 @@ def push(folder, repo_id: str, private: bool = False, token: str | None = None, 
         else:
             readme.write_bytes(previous)
         raise
+    finally:
+        if adapter_hub is not None:
+            adapter.write_bytes(adapter_local)
     return str(url)
+
+
+def _adapter_config_for_hub(text: bytes | None, base: str | None) -> bytes | None:
+    """``adapter_config.json`` with ``base_model_name_or_path`` set to the Hub id ``base``, or None when it already
+    says so (or there is no adapter / no Hub base)."""
+    if text is None or not base:
+        return None
+    config = json.loads(text)
+    if config.get("base_model_name_or_path") == base:
+        return None
+    return json.dumps({**config, "base_model_name_or_path": base}, indent=2).encode() + b"\n"
+
+
+def _kit_patterns(folder: Path, recipe: dict | None) -> list[str]:
+    """The recipe's kit model folder, when it lies inside ``folder`` (``model.kit.dir``), as upload ignore patterns."""
+    if recipe is None:
+        recipe = (_read_json(folder / "results.json") or {}).get("recipe") or {}
+    kit_dir = ((recipe.get("model") or {}).get("kit") or {}).get("dir")
+    if not kit_dir:
+        return []
+    try:
+        rel = Path(kit_dir).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:  # elsewhere: not uploaded anyway
+        return []
+    return [rel, f"{rel}/**"] if rel != "." else []
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -387,12 +439,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     if args.dry_run:
         check_folder(Path(args.folder))
-        print(model_card(Path(args.folder), args.repo_id or Path(args.folder).name, args.eval_results,
+        print(model_card(Path(args.folder), args.repo_id, args.eval_results,
                          base_model=args.base_model, license=args.license))
         return 0
     if not args.repo_id:
         raise RecipeError("push needs --repo-id USER/NAME (or --dry-run to print the card)")
-    url = push(args.folder, args.repo_id, private=args.private, token=args.token, eval_results=args.eval_results,
-               base_model=args.base_model, license=args.license)
+    try:
+        url = push(args.folder, args.repo_id, private=args.private, token=args.token, eval_results=args.eval_results,
+                   base_model=args.base_model, license=args.license)
+    except RecipeError:
+        raise
+    except Exception as e:  # the network or the Hub refused: one line instead of huggingface_hub's traceback
+        if not (isinstance(e, OSError) or type(e).__module__.startswith("httpx")):
+            raise
+        import os
+
+        first = (str(e).strip().splitlines() or [""])[0]
+        hint = ("HF_HUB_OFFLINE is set: unset it to upload" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+                else "check the network and the token (`hf auth login`, HF_TOKEN or --token)")
+        raise RecipeError(f"upload of {args.folder} to {args.repo_id} failed ({type(e).__name__}: {first}); "
+                          f"the folder's README.md is unchanged; {hint}") from e
     print(f"pushed {args.folder} to {url}")
     return 0

@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "their defaults, stop; the method (training, method) or loader (data) comes from the "
                              "recipe, or is named in its place: --show-keys training npo.")
     parser.add_argument("--config", metavar="FILE", help="The recipe, TRL's way (same as the positional RECIPE).")
+    parser.add_argument("--accelerate_config", "--accelerate-config", metavar="NAME_OR_FILE",
+                        help="Launch the run with `accelerate launch`, TRL's way: a shipped launch config (zero3, "
+                             "zero2, multi_gpu, single_gpu; `negalign recipes` lists them) or a config file.")
+    parser.add_argument("--num_processes", "--num-processes", type=int, metavar="N",
+                        help="With --accelerate_config: the number of processes to launch (default: the config's).")
     parser.epilog = ("TRL-style flags are overrides too: --learning_rate 1e-5 or --learning_rate=1e-5 means "
                      "learning_rate=1e-5, a lone --flag means flag=true.\nMethods: " + ", ".join(METHODS))
 
@@ -74,6 +79,35 @@ def translate_argv(argv: list[str]) -> list[str]:
         positionals.append(token)
         i += 1
     return head + options + positionals + overrides
+
+
+def _have_deepspeed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def accelerate_command(config: str, recipe_path: str, overrides: list[str], num_processes: int | None = None,
+                       flags: tuple[str, ...] = ()) -> list[str]:
+    """``accelerate launch --config_file CONFIG [--num_processes N] -m negalign train RECIPE OVERRIDES FLAGS``, the
+    command ``--accelerate_config`` runs; ``config`` is a file or a shipped config's name (``zero3``)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from negalign.shipped import accelerate_config
+
+    path = config if Path(config).is_file() else str(accelerate_config(config))
+    if "DEEPSPEED" in Path(path).read_text() and not _have_deepspeed():  # before accelerate's ImportError, per process
+        from negalign.config import RecipeError
+
+        raise RecipeError(f"the accelerate config {config} uses DeepSpeed, which is not installed: "
+                          "pip install 'negalign[deepspeed]' (or use --accelerate_config multi_gpu)")
+    exe = Path(sys.executable).parent / "accelerate"
+    launcher = [str(exe)] if exe.is_file() else [shutil.which("accelerate") or "accelerate"]
+    return [*launcher, "launch", "--config_file", path,
+            *(["--num_processes", str(num_processes)] if num_processes else []),
+            "-m", "negalign", "train", recipe_path, *overrides, *flags]
 
 
 def run(recipe, overwrite: bool = False) -> dict:
@@ -128,8 +162,9 @@ def main(args) -> int:
         mod = method_module(args.show_method)
         from negalign.methods import get
 
-        print(get(args.show_method).describe())
-        print(describe_fields(mod.CONFIG_CLASS, getattr(mod, "METHOD_DEFAULTS", {}).get(args.show_method)))
+        record = get(args.show_method)
+        print(record.describe())
+        print(describe_fields(mod.CONFIG_CLASS, record.defaults()))
         return 0
     from negalign.config import RecipeError
 
@@ -149,15 +184,31 @@ def main(args) -> int:
     from negalign.shipped import find_recipe
 
     recipe = load_recipe(find_recipe(name), overrides)  # a file, or a shipped recipe's name (npo_tofu)
+    launch = None
+    if args.accelerate_config:  # TRL's --accelerate_config: this command again, under accelerate launch
+        launch = accelerate_command(args.accelerate_config, find_recipe(name), overrides, args.num_processes,
+                                    ("--overwrite",) if args.overwrite else ())
+    elif args.num_processes:
+        raise RecipeError("--num_processes needs --accelerate_config NAME (zero3, multi_gpu, ...); or launch with "
+                          "`accelerate launch --num_processes N -m negalign train ...`")
     if args.dry_run:
+        import shlex
+
         import yaml
 
+        if launch:
+            print("# would launch: " + shlex.join(launch))
         resolved = recipe.resolved()
         print(f"# {recipe.path or 'recipe'}{' + ' + ' '.join(overrides) if overrides else ''}: the resolved "
               f"configuration (resolved into {recipe.module().CONFIG_CLASS.__name__}), defaults included; method and training are the {recipe.module().CONFIG_CLASS.__name__} "
               "the trainer gets")
         print(yaml.safe_dump(resolved, sort_keys=False, width=120))
         return 0
+    if launch:
+        import subprocess
+
+        print("negalign train: launching " + " ".join(launch), flush=True)
+        return subprocess.call(launch)
     metrics = run(recipe, overwrite=args.overwrite)
     final = {k: v for k, v in metrics.items() if k != "log_history" and not isinstance(v, (list, dict))}
     print(final)

@@ -183,14 +183,31 @@ def test_recipes_use_activation_checkpointing():
 
 
 def test_kit_model_defaults_inside_the_output_dir(tmp_path):
+    # the shipped recipes leave model.kit.dir out, so a pip user's run keeps its kit in its own output_dir (before:
+    # the quickstarts wrote runs/kit/... under whatever directory the command was started in)
+    for path in sorted((ROOT / "recipes").glob("**/*.yaml")):
+        kit = (yaml.safe_load(path.read_text()).get("model") or {}).get("kit")
+        assert kit is None or "dir" not in kit, path
     data = yaml.safe_load(NPO_TINY.read_text())
-    data["model"]["kit"].pop("dir")
     data["output"]["dir"] = str(tmp_path / "out")
     # before: no dir in the recipe, and load_model_and_tokenizer built the kit in ./runs/kit
     assert load_recipe(data=data).model["kit"]["dir"] == str(tmp_path / "out" / "kit")
     assert load_recipe(data=data, overrides=[f"output_dir={tmp_path / 'o2'}"]).model["kit"]["dir"] == \
         str(tmp_path / "o2" / "kit")
-    assert load_recipe(NPO_TINY).model["kit"]["dir"] == "runs/kit/tofu-qwen2-tiny-unlearn"  # an explicit dir stays
+    data["model"]["kit"]["dir"] = "runs/kit/tofu-qwen2-tiny-unlearn"
+    assert load_recipe(data=data).model["kit"]["dir"] == "runs/kit/tofu-qwen2-tiny-unlearn"  # an explicit dir stays
+
+
+def test_missing_relative_data_folder_says_how_to_override(tmp_path, monkeypatch):
+    from negalign.data.tofu import read_split
+
+    # a pip user runs a shipped quickstart (data.path: ../shared/data/tofu) outside the checkout; before: "TOFU path
+    # ../shared/data/tofu is not a folder (expected a folder with forget01.json, or a Hub id)", no way out named
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        read_split("../shared/data/tofu", "forget01")
+    assert f"relative to the working directory {tmp_path}" in str(e.value)
+    assert "data.path=FOLDER" in str(e.value) and "data.path=locuslab/TOFU" in str(e.value)
 
 
 # ------------------------------------------------------------------------------------ datasets for local files
@@ -261,3 +278,14 @@ def test_hub_id_offline_and_not_cached_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match=r"not in the datasets cache.*local folder or file"):
         read_records("negalign-test/no-such-data", split="train")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    # `negalign recipes | head -1`: head exits after one line and the pipe closes under the writer. Before, Python
+    # printed a BrokenPipeError traceback; now the command stops quietly with a shell's SIGPIPE status, 141.
+    proc = subprocess.Popen([sys.executable, "-m", "negalign", "recipes", "--paths"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout.readline().startswith(b"Recipes")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err

@@ -214,3 +214,92 @@ def test_a_real_d2o_run_writes_negalign_card_at_checkpoint_time(tmp_path, one_th
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert {"negalign", "d2o", "preference"} <= set(card.data.tags) and "generated_from_trainer" not in card.data.tags
     assert "**D²O**" in card.text and "duan2024negating" in card.text and "rafailov2023direct" not in card.text
+
+
+# ------------------------------------------------------------------------ what a pip user's push found (issue #16)
+
+
+def test_kit_model_inside_the_run_is_not_uploaded(kit_path, tmp_path, hub_calls):  # noqa: F811
+    from huggingface_hub.utils import filter_repo_objects
+
+    # a run on a kit model builds it in OUTPUT/kit (the default model.kit.dir); a recipe may name another folder in it
+    folder = _folder(kit_path, tmp_path, "nsr", {"kit": {"dir": str(tmp_path / "run" / "kits" / "arith")}})
+    shutil.copytree(kit_path, folder / "kit")
+    shutil.copytree(kit_path, folder / "kits" / "arith")
+    caches = ["perstep_cache/samples-0.jsonl", "perstep_cache/values-incorrect/v.json", "anchors.jsonl",
+              "ref_forget_logps.json"]  # the per-step, D2O and unlearning trainers' caches in output_dir
+    for name in caches:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("{}")
+    push(folder, "someone/nsr", base_model="Qwen/Qwen2.5-Math-1.5B")
+    upload = hub_calls[1][1]
+    # the filter HfApi.upload_folder applies to the folder's files (the mocked call receives the patterns)
+    uploaded = set(filter_repo_objects(upload["files"], ignore_patterns=upload["ignore_patterns"]))
+    # before: IGNORE had no kit pattern, so kit/model.safetensors and kits/arith/* went to the Hub with the model
+    assert not any(f.startswith(("kit/", "kits/")) for f in uploaded) and not set(caches) & uploaded
+    assert {"model.safetensors", "config.json", "README.md", "results.json"} <= uploaded
+
+
+def test_recipe_license_goes_into_the_card(kit_path, tmp_path):
+    from negalign.config import load_recipe
+    from tests.conftest import ROOT
+
+    # before: output.license was an unknown key ("unknown key output.license") and the card had no license
+    recipe = load_recipe(ROOT / "recipes/npo_tofu.yaml", ["output.license=apache-2.0"])
+    assert recipe.output["license"] == "apache-2.0"
+    folder = _folder(kit_path, tmp_path, "npo_rt", {"name_or_path": "Qwen/Qwen2.5-0.5B"})
+    assert build_card(folder, recipe=recipe.to_dict(), method="npo_rt").data.license == "apache-2.0"
+    assert build_card(folder, recipe=recipe.to_dict(), method="npo_rt", license="mit").data.license == "mit"
+    assert build_card(folder).data.license is None  # a recipe without one: no license claimed
+
+
+def test_uploaded_adapter_config_names_the_hub_base(kit_path, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    sft = _folder(kit_path, tmp_path, "sft", {"name_or_path": "Qwen/Qwen2.5-Math-1.5B"}, name="sft-run")
+    folder = _folder(kit_path, tmp_path, "perstep_dpo", {"name_or_path": str(sft)}, name="lora-run")
+    local = json.dumps({"base_model_name_or_path": str(sft), "peft_type": "LORA", "r": 8})
+    (folder / "adapter_config.json").write_text(local)
+    sent = {}
+
+    def upload_folder(self, repo_id, folder_path, **kw):  # the network boundary: what would be sent, read now
+        from pathlib import Path
+
+        sent.update(json.loads((Path(folder_path) / "adapter_config.json").read_text()))
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, **kw: "https://huggingface.co/someone/lora")
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    push(folder, "someone/lora")
+    # before: the uploaded adapter_config.json named the local folder, so AutoPeftModel.from_pretrained("someone/lora")
+    # looked for /tmp/.../sft-run on the user's machine
+    assert sent == {"base_model_name_or_path": "Qwen/Qwen2.5-Math-1.5B", "peft_type": "LORA", "r": 8}
+    assert (folder / "adapter_config.json").read_text() == local  # the local adapter still loads from its folder
+    card = (folder / "README.md").read_text()
+    assert 'peft.AutoPeftModelForCausalLM.from_pretrained("someone/lora")' in card
+    assert 'AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-Math-1.5B"), "someone/lora")' in card
+    assert "REPO" not in card  # before: "from_pretrained(REPO)", a placeholder
+    from negalign.cli import main
+
+    assert main(["push", str(folder), "--dry-run"]) == 0  # no --repo-id yet: the owner is a visible placeholder
+    assert 'AutoPeftModelForCausalLM.from_pretrained("USER/lora-run")' in capsys.readouterr().out
+
+
+def test_cli_push_without_network_is_one_line(kit_path, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from negalign.cli import main
+
+    folder = _folder(kit_path, tmp_path, "grpo", {"name_or_path": "Qwen/Qwen2.5-Math-1.5B"})
+    (folder / "README.md").write_text("TRL's card")
+
+    def offline(self, **kw):  # what huggingface_hub raises at the network boundary under HF_HUB_OFFLINE=1
+        raise OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/repos/create: offline mode is enabled.")
+
+    monkeypatch.setattr(HfApi, "create_repo", offline)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # before: the OfflineModeIsEnabled traceback escaped `negalign push`
+    assert main(["push", str(folder), "--repo-id", "someone/grpo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "OfflineModeIsEnabled" in err and "unset it to upload" in err
+    assert (folder / "README.md").read_text() == "TRL's card"

@@ -66,6 +66,47 @@ def test_wheel_carries_the_recipes(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
                     str(src)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("negalign-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
     assert {"negalign/recipes/npo_tofu.yaml", "negalign/recipes/quickstart/npo_tofu_tiny.yaml",
             "negalign/recipes/accelerate/zero3.yaml", "negalign/methods.py"} <= names
+    # every recipe and launch config of the checkout, as a plain file with the same text (scripts/check_wheel.sh
+    # goes on to install the wheel in a new venv and run `negalign recipes` and a shipped recipe from elsewhere)
+    repo = sorted((ROOT / "recipes").rglob("*.yaml"))
+    assert len(repo) > 20
+    for path in repo:
+        name = "negalign/recipes/" + path.relative_to(ROOT / "recipes").as_posix()
+        assert archive.read(name).decode() == path.read_text(), name
+
+
+def test_train_accelerate_config_by_name_trl_style(capsys, monkeypatch):
+    import subprocess as sp
+
+    from negalign.cli import main
+
+    # TRL's `trl sft --accelerate_config zero3`; before: "unknown override key 'accelerate_config'"
+    assert main(["train", "npo_tofu_tiny", "--accelerate_config", "zero3", "--num_processes", "2", "max_steps=1",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    launch = out.splitlines()[0]
+    zero3, tiny = accelerate_config("zero3"), find_recipe("npo_tofu_tiny")
+    assert launch.startswith("# would launch: ") and launch.endswith(
+        f"accelerate launch --config_file {zero3} --num_processes 2 -m negalign train {tiny} max_steps=1")
+    # without --dry-run the same command runs (the process boundary is recorded instead of launching)
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda cmd: calls.append(cmd) or 0)
+    assert main(["train", "--config", tiny, "--accelerate-config", str(zero3), "--learning_rate", "1e-4"]) == 0
+    assert calls and calls[0][1:] == ["launch", "--config_file", str(zero3), "-m", "negalign", "train", tiny,
+                                      "learning_rate=1e-4"]
+    assert main(["train", "npo_tofu_tiny", "--accelerate_config", "zero4", "--dry-run"]) == 2
+    assert "no shipped accelerate config 'zero4'" in capsys.readouterr().err
+    assert main(["train", "npo_tofu_tiny", "--num_processes", "2", "--dry-run"]) == 2
+    assert "--num_processes needs --accelerate_config" in capsys.readouterr().err
+    # a plain `pip install negalign` has no DeepSpeed: one line naming the extra (before: accelerate's ImportError
+    # from every launched process)
+    import negalign.train
+
+    monkeypatch.setattr(negalign.train, "_have_deepspeed", lambda: False)
+    assert main(["train", "npo_tofu_tiny", "--accelerate_config", "zero3", "--dry-run"]) == 2
+    assert "pip install 'negalign[deepspeed]'" in capsys.readouterr().err
+    assert main(["train", "npo_tofu_tiny", "--accelerate_config", "multi_gpu", "--dry-run"]) == 0

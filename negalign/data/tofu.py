@@ -68,7 +68,9 @@ def read_split(path: str, name: str) -> list[dict]:
 
         p = Path(path)
         if not p.is_dir():
-            raise DataError(f"TOFU path {p} is not a folder (expected a folder with {name}.json, or a Hub id)")
+            where = "" if p.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+            raise DataError(f"TOFU path {p} is not a folder{where}: set data.path=FOLDER (a local copy of TOFU, with "
+                            f"{name}.json) or data.path=locuslab/TOFU (the Hub)")
         return read_records(str(p), split=name)
     if name not in SPLITS:
         raise DataError(f"unknown TOFU split {name!r}; {HUB_ID}-style configs are: {', '.join(SPLITS)}")
