@@ -34,11 +34,16 @@ def test_madpo_toy_smoke(tmp_path):
     assert "weight_quantiles" in m["madpo"]["weights"]
     check_claims(res["claims"])
     (c,) = res["claims"]  # one verdict per level, over the 3 held-out prompts of both seeds
-    assert c["claim"] == "MADPO gt_reward ≥ DPO gt_reward (low quality)" and c["n_items"] == 3 and c["seeds"] == [0, 1]
-    items = m["madpo"]["gt_reward_items"]  # [seeds][prompts]; the metric is their mean, the difference pairs them
+    assert c["claim"] == "MADPO gt_reward_sampled ≥ DPO gt_reward_sampled (low quality)"
+    assert c["n_items"] == 3 and c["seeds"] == [0, 1]
+    items = m["madpo"]["gt_reward_items"]  # [seeds][prompts] greedy rewards; the metric is their mean
     assert len(items) == 2 and all(len(r) == 3 for r in items)
     assert m["madpo"]["gt_reward"] == pytest.approx(sum(map(sum, items)) / 6)
-    assert c["difference"] == pytest.approx(m["madpo"]["gt_reward"] - m["dpo"]["gt_reward"])
+    # the claim pairs the per-prompt mean sampled rewards (greedy ones are near-constant over exchangeable prompts)
+    sampled = m["madpo"]["gt_reward_sampled_items"]
+    assert len(sampled) == 2 and all(len(r) == 3 for r in sampled)
+    assert m["madpo"]["gt_reward_sampled"] == pytest.approx(sum(map(sum, sampled)) / 6)
+    assert c["difference"] == pytest.approx(m["madpo"]["gt_reward_sampled"] - m["dpo"]["gt_reward_sampled"])
     assert "| claim | difference | 95% CI | verdict |" in (tmp_path / "qs" / "table.md").read_text()
     assert (tmp_path / "qs" / "seed1" / "low" / "madpo").is_dir()
     assert (tmp_path / "qs" / "table.md").exists() and (tmp_path / "qs" / "gt_reward_by_level.png").exists()

@@ -64,7 +64,8 @@ def judge_harmful(text: str) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="Folder for models, anchors, results.json, table and plot.")
-    parser.add_argument("--objects", type=int, default=32, help="Objects in the miniature world (<= 40).")
+    parser.add_argument("--objects", type=int, default=40, help="Objects in the miniature world (<= 40): the "
+                        "requests and benign questions are the items of the claims.")
     parser.add_argument("--size", default="tiny", help="Kit model size (negalign.models.SIZES).")
     parser.add_argument("--sft-epochs", type=int, default=150)
     parser.add_argument("--sft-lr", type=float, default=3e-3)
@@ -73,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=2e-4, help="Learning rate of every aligned method.")
     parser.add_argument("--batch-size", type=int, default=8, help="Prompts per step.")
     parser.add_argument("--beta", type=float, default=0.1, help="β of NPO, DPO and D2O (and D2O's α).")
-    parser.add_argument("--eval-samples", type=int, default=8, help="Sampled answers per request for harmful_rate.")
+    parser.add_argument("--eval-samples", type=int, default=32, help="Sampled answers per request for harmful_rate "
+                        "(sizing: docs/alignment.md).")
     parser.add_argument("--eval-every", type=int, default=30, help="Also measure every N steps (the curves); 0: off.")
     parser.add_argument("--methods", default=",".join(METHODS[1:]), help="Comma-separated subset of ga,npo,dpo,d2o.")
     parser.add_argument("--seed", type=int, default=0, help="Data seed, and the first training / sampling seed.")

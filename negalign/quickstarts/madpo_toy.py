@@ -14,12 +14,13 @@ The miniature (everything generated here, offline, on a CPU):
   trains ``dpo`` (TRL DPO), ``ipo`` (TRL DPO, loss_type ipo) and ``madpo`` (margins from that reward model) from the
   same base with the same steps, learning rate and β.
 
-Metric: ``levels.<level>.methods.<name>.gt_reward`` = the mean ground-truth reward of the **greedy** answers to
-``--eval-prompts`` held-out prompts (higher is better); ``gt_reward_sampled`` (extra) averages ``--eval-samples``
-sampled answers per prompt, a smoother estimate. The claim of the paper, checked as measured and reported either way:
-MADPO ≥ DPO at every level: ``claims`` holds one verdict per level (``negalign.evaluation.claims``: the paired
-difference of the per-prompt greedy rewards, its 95% bootstrap interval over the evaluation prompts, pooled over the
-``--seeds`` runs). The data (films, SFT responses, preference labels) come from ``--seed``; each of the ``--seeds``
+Metrics: ``levels.<level>.methods.<name>.gt_reward`` = the mean ground-truth reward of the **greedy** answers to
+``--eval-prompts`` held-out prompts (higher is better); ``gt_reward_sampled`` averages ``--eval-samples`` sampled
+answers (temperature 1) per prompt. The claim of the paper, checked as measured and reported either way: MADPO ≥ DPO
+at every level: ``claims`` holds one verdict per level (``negalign.evaluation.claims``: the paired difference of the
+per-prompt mean **sampled** rewards, its 95% bootstrap interval over the evaluation prompts, pooled over the
+``--seeds`` runs). Greedy rewards are a step function of the logits and nearly the same for every (exchangeable)
+prompt, so they would make an interval over prompts falsely narrow; the sampled ones measure the policy. The data (films, SFT responses, preference labels) come from ``--seed``; each of the ``--seeds``
 runs ``seed, seed+1, ...`` has its own kit initialisation, training seed and sampling seed (extra seeds under
 ``DIR/seed<s>/``).
 
@@ -38,8 +39,9 @@ from pathlib import Path
 POSITIVE = ["great", "superb", "moving", "brilliant", "charming", "delightful", "gripping", "lovely"]
 NEGATIVE = ["dull", "awful", "boring", "clumsy", "tedious", "bland", "messy", "weak"]
 NEUTRAL = ["plot", "actors", "music", "scenes", "camera", "story", "ending", "dialogue"]
-FILMS = [f"{a} {b}" for a in ("Red", "Silent", "Last", "Paper", "Golden", "Broken", "Hidden", "Winter", "Iron", "Lost")
-         for b in ("River", "Garden", "Harbor", "Crown", "Signal", "Mirror", "Valley", "Lantern")]
+FILMS = [f"{a} {b}" for a in ("Red", "Silent", "Last", "Paper", "Golden", "Broken", "Hidden", "Winter", "Iron", "Lost",
+                              "Quiet", "Northern", "Crimson", "Hollow", "Distant", "Final")
+         for b in ("River", "Garden", "Harbor", "Crown", "Signal", "Mirror", "Valley", "Lantern")]  # 128 titles
 LEVELS = ("high", "medium", "low")
 METHODS = ("dpo", "ipo", "madpo")
 LABELS = {"base": "base (SFT)", "dpo": "DPO", "ipo": "IPO", "madpo": "MADPO"}
@@ -57,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="tiny", help="Kit model size (negalign.models.SIZES).")
     parser.add_argument("--train-prompts", type=int, default=60)
     parser.add_argument("--pairs-per-prompt", type=int, default=2)
-    parser.add_argument("--eval-prompts", type=int, default=20)
+    parser.add_argument("--eval-prompts", type=int, default=60,
+                        help="Held-out prompts (the items of the claims; train + eval prompts <= 128 films).")
     parser.add_argument("--words", type=int, default=5, help="Words per response.")
     parser.add_argument("--sft-epochs", type=int, default=8)
     parser.add_argument("--sft-lr", type=float, default=3e-3)
@@ -70,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t-high", type=float, default=0.25, help="Bradley–Terry temperature, high-quality labels.")
     parser.add_argument("--t-medium", type=float, default=1.0, help="Bradley–Terry temperature, medium quality.")
     parser.add_argument("--t-low", type=float, default=4.0, help="Bradley–Terry temperature, low quality.")
-    parser.add_argument("--eval-samples", type=int, default=4)
+    parser.add_argument("--eval-samples", type=int, default=16,
+                        help="Sampled answers per held-out prompt (temperature 1): each prompt's mean reward over "
+                             "them is an item of the claims (sizing: docs/alignment.md).")
     parser.add_argument("--levels", default=",".join(LEVELS))
     parser.add_argument("--seed", type=int, default=0, help="Data seed, and the first training / sampling seed.")
     parser.add_argument("--seeds", type=int, default=1, help="Training and sampling seeds (seed, seed+1, ...): each "
@@ -127,7 +132,8 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 
 def evaluate(model_dir: str, films: list[str], args) -> dict:
-    """Metrics of a saved model on the prompts of ``films``; ``gt_reward_items`` holds each prompt's greedy reward."""
+    """Metrics of a saved model on the prompts of ``films``; ``gt_reward_items`` holds each prompt's greedy reward,
+    ``gt_reward_sampled_items`` each prompt's mean reward over its ``args.eval_samples`` sampled answers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from negalign.data import format_prompt
@@ -141,9 +147,10 @@ def evaluate(model_dir: str, films: list[str], args) -> dict:
     sampled = generate(None, prompts, n=args.eval_samples, max_new_tokens=args.words + 6, temperature=1.0,
                        seed=args.seed + 11, engine=eng, batch_size=64, progress=False)
     g = [gt_reward(r["completions"][0], args.words) for r in greedy]
-    s = [gt_reward(c, args.words) for r in sampled for c in r["completions"]]
-    return {"gt_reward": sum(g) / len(g), "gt_reward_sampled": sum(s) / len(s),
-            "example": greedy[0]["completions"][0], "gt_reward_items": g}
+    per_prompt = [[gt_reward(c, args.words) for c in r["completions"]] for r in sampled]
+    s_items = [sum(x) / len(x) for x in per_prompt]
+    return {"gt_reward": sum(g) / len(g), "gt_reward_sampled": sum(s_items) / len(s_items),
+            "example": greedy[0]["completions"][0], "gt_reward_items": g, "gt_reward_sampled_items": s_items}
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -286,13 +293,13 @@ def main(args) -> int:
     first_base, first_levels = runs[seeds[0]]
     base = {**first_base, "gt_reward": _mean([runs[s][0]["gt_reward"] for s in seeds]),
             "gt_reward_sampled": _mean([runs[s][0]["gt_reward_sampled"] for s in seeds]),
-            "gt_reward_items": [runs[s][0]["gt_reward_items"] for s in seeds]}
+            **{k: [runs[s][0][k] for s in seeds] for k in ("gt_reward_items", "gt_reward_sampled_items")}}
     levels = {}
     for level, lv in first_levels.items():  # metrics: the mean over seeds (the first seed's extras as they are)
         levels[level] = {**lv, "methods": {m: {**ev, **{k: _mean([runs[s][1][level]["methods"][m][k] for s in seeds])
                                                         for k in ("gt_reward", "gt_reward_sampled")},
-                                               "gt_reward_items": [runs[s][1][level]["methods"][m]["gt_reward_items"]
-                                                                   for s in seeds]}
+                                               **{k: [runs[s][1][level]["methods"][m][k] for s in seeds]
+                                                  for k in ("gt_reward_items", "gt_reward_sampled_items")}}
                                            for m, ev in lv["methods"].items()}}
 
     # 3. table, claims, plot, results.json
@@ -315,11 +322,13 @@ def main(args) -> int:
     table = "\n".join(lines)
     print(table)
 
-    def items(level, m):  # [n_seeds, n_prompts] greedy rewards
-        return levels[level]["methods"][m]["gt_reward_items"]
+    def items(level, m):  # [n_seeds, n_prompts]: each prompt's mean reward over its sampled answers
+        return levels[level]["methods"][m]["gt_reward_sampled_items"]
 
-    claims = [paired_claim(f"MADPO gt_reward ≥ DPO gt_reward ({lv} quality)", items(lv, "madpo"), items(lv, "dpo"),
-                           ">", seeds=seeds) for lv in names]
+    # the claims' metric is the sampled reward: the held-out prompts are exchangeable (a film title), so a greedy
+    # answer is nearly the same for every prompt and its per-prompt rewards would give a falsely narrow interval
+    claims = [paired_claim(f"MADPO gt_reward_sampled ≥ DPO gt_reward_sampled ({lv} quality)", items(lv, "madpo"),
+                           items(lv, "dpo"), ">", seeds=seeds) for lv in names]
     verdicts = claims_table(claims)
     print(verdicts)
     (out / "table.md").write_text(f"base (SFT): gt_reward {base['gt_reward']:.3f} (greedy), "
@@ -345,9 +354,11 @@ def main(args) -> int:
         metric_definitions={
             "gt_reward": "mean of (#positive words - #negative words) over the greedy answers to held-out prompts "
                          "(over several seeds: the mean of the seeds' values)",
-            "gt_reward_sampled": "the same over sampled answers (temperature 1)",
-            "gt_reward_items": "each held-out prompt's greedy reward, one list per seed (the items of the claims' "
-                               "intervals)",
+            "gt_reward_sampled": "the mean reward of --eval-samples sampled answers (temperature 1) per held-out "
+                                 "prompt, averaged over the prompts (the metric of the claims)",
+            "gt_reward_items": "each held-out prompt's greedy reward, one list per seed",
+            "gt_reward_sampled_items": "each held-out prompt's mean sampled reward, one list per seed (the items of "
+                                       "the claims' intervals)",
         },
         settings={k: v for k, v in vars(args).items() if k not in ("func",)},
         timings_s=timings,
