@@ -258,14 +258,17 @@ def _mean(xs):
 
 
 def main(args) -> int:
+    from negalign.quickstarts import torch_threads
+
+    with torch_threads(args.threads):
+        return _main(args)
+
+
+def _main(args) -> int:
     from negalign.evaluation.claims import claims_table, paired_claim
     from negalign.results import write_results
 
     t0 = time.time()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
