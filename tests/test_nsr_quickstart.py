@@ -57,6 +57,29 @@ def test_quickstart_smoke(tmp_path):
     assert "| claim | difference | 95% CI | verdict |" in (out / "table.md").read_text()
 
 
+def test_ops_reach_every_split():
+    """``--ops`` sets the operation of the SFT data, the RL train split and the held-out split alike (a base model
+    trained on a*b but tested on a+b would measure nothing)."""
+    import argparse
+
+    from negalign.quickstarts import nsr_arith
+
+    p = argparse.ArgumentParser()
+    nsr_arith.add_arguments(p)
+    args = p.parse_args(["--output-dir", "x", "--ops", "*"])
+    assert nsr_arith.sft_recipe(args, Path("x"))["data"]["ops"] == "*"
+    assert nsr_arith.rl_recipe(args, "nsr", "base", Path("x"))["data"]["ops"] == "*"
+    assert nsr_arith._data(args, "test")["ops"] == "*"
+
+
+def test_quickstart_base_only(tmp_path):
+    """``--base-only``: the SFT base model and its pass@k, no RL run and so no claim (the sizing run)."""
+    out = tmp_path / "qs"
+    res, _ = _run(out, *TINY, "--base-only", "--ops", "*", timeout=300)
+    _check_layout(res, out, 4, names={"base"})
+    assert res["claims"] == [] and not (out / "psr").exists()
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -111,6 +134,7 @@ def test_quickstart_full(tmp_path):
     _check_layout(res, out, 128)
     assert wall < 15 * 60
     base = res["methods"]["base"]["pass_at_k"]
-    # partially right, and short of 1 at k = 128 (0.943 measured; the old design gave 0.98-1.00 at k = 64, issue #15)
-    assert 0.1 < base["1"] and base["128"] < 0.97
+    # headroom (issue #15): partially right at k = 1 and well short of 1 at k = 128 (a*b: 0.108 / 0.760 measured;
+    # a+b gave 0.305 / 0.943, the older design 0.98-1.00 at k = 64)
+    assert 0.05 < base["1"] and base["128"] < 0.85
     assert {c["n_items"] for c in res["claims"]} == {192}
