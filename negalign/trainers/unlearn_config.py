@@ -78,8 +78,8 @@ class UnlearnConfig(_BaseConfig):
                   "2026-12-03), never (no second head forward; N × V float32 logits held for the batch's N answer "
                   "tokens), or auto (recompute only when the answer tokens fill more than one chunk). Measured on "
                   "SmolLM2-135M (V = 49,152), 2026-12-03: with one chunk the recompute left the peak unchanged "
-                  "(1,889 vs 1,889 MiB, bench logprob-memory) and cost a second head forward (+0.8 s CPU of a "
-                  "~25 s step), hence auto."},
+                  "(1,889 vs 1,889 MiB in bench logprob-memory; 2,793 MiB either way in bench step-cost) and cost a "
+                  "second head forward (an NPO+RT step on 8 + 8 TOFU rows: 22.9 vs 20.8 s CPU), hence auto."},
     )
     ref_batch_size: int | None = field(
         default=None,
