@@ -14,6 +14,11 @@ many positives SFT needs to match the others. Everything goes through the public
 ``negalign.generation.generate``, ``negalign.rewards``). Writes ``DIR/results.json`` (``methods.<name>.test_accuracy``,
 at the smallest amount, and ``methods.<name>.by_amount``), ``DIR/table.md`` and ``DIR/accuracy_vs_positives.png``.
 
+``positives_curve`` is the paper's headline as it draws it (``negalign.evaluation.positives``): SFT accuracy at N, 2N,
+4N, 8N positives (N = the smallest amount) with 95% intervals, and each other method at N placed on that curve — its
+SFT-equivalent positives N' (where SFT's curve, linear in log2 N, reaches its accuracy) with a paired bootstrap
+interval, and its paired difference to every SFT point.
+
 ``claims`` holds a verdict per comparison of the paper (``negalign.evaluation.claims``): per-step negatives beat SFT at
 equal positives (every amount), RFT beats SFT, whole-pair DPO does not, and per-step at N against SFT at 8N; each is the
 paired difference of per-problem greedy correctness on the same test problems, with a 95% bootstrap interval over the
@@ -39,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-steps", type=int, default=4, help="Operations per arithmetic problem.")
     parser.add_argument("--max-value", type=int, default=12, help="Running values stay within [0, max-value].")
     parser.add_argument("--max-operand", type=int, default=5, help="Largest number added or subtracted per step.")
-    parser.add_argument("--test-size", type=int, default=200, help="Held-out test problems (greedy accuracy).")
+    parser.add_argument("--test-size", type=int, default=1000, help="Held-out test problems (greedy accuracy; "
+                        "1000 so that a paired difference of ~0.05 is outside the noise, docs/perstep.md).")
     parser.add_argument("--kit-size", default="small", help="Kit model size (negalign.models.SIZES).")
     parser.add_argument("--sft-epochs", type=float, default=30.0, help="Epochs of every SFT run over its positives.")
     parser.add_argument("--sft-steps", type=int, default=250, help="If > 0: every SFT run takes this many optimizer "
@@ -181,11 +187,57 @@ def _claims(correct: dict, amounts: list[int], seeds: list[int]) -> list[dict]:
     return out
 
 
+def _plot(path: Path, acc: dict, curve: dict | None, methods: list[str]) -> None:
+    """Accuracy against positives: SFT's curve with 95% intervals, the other methods' points (interval at N), and
+    for each of them at N a dotted line to where it meets SFT's curve (effective positives, its interval as x bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def _or(v, default):  # an interval end that could not be computed (None) draws no bar
+        return default if v is None else v
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
+    for m in methods:
+        pts = sorted(acc[m].items())
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color=colours[m], label=m,
+                alpha=1.0 if m == "sft" else 0.6)
+    if curve:
+        s = curve["sft"]
+        ax.errorbar([p["positives"] for p in s], [p["accuracy"] for p in s], capsize=3, fmt="none",
+                    ecolor=colours["sft"],
+                    yerr=[[p["accuracy"] - _or(p["ci_low"], p["accuracy"]) for p in s],
+                          [_or(p["ci_high"], p["accuracy"]) - p["accuracy"] for p in s]])
+        n0 = curve["amount"]
+        for m, e in curve["methods"].items():
+            a = e["accuracy"]
+            ax.errorbar([n0], [a], yerr=[[a - _or(e["ci_low"], a)], [_or(e["ci_high"], a) - a]], fmt="none", capsize=3,
+                        ecolor=colours[m])
+            if "effective_positives" in e:
+                x = e["effective_positives"]
+                ax.plot([n0, x], [a, a], ls=":", color=colours[m])
+                ax.errorbar([x], [a], xerr=[[x - e["effective_ci_low"]], [e["effective_ci_high"] - x]], fmt="D", ms=5,
+                            capsize=3, color=colours[m])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("positive solutions (problems)")
+    ax.set_ylabel("test accuracy (greedy)")
+    ax.set_title("accuracy vs positives (95% CIs); diamonds: SFT-equivalent positives of each method at N",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(args) -> int:
+    import numpy as np
+    import torch
+
     from negalign.data.steps import StepArithData
     from negalign.evaluation.claims import claims_table
-
-    import torch
+    from negalign.evaluation.positives import curve_table, first_crossing, positives_curve
 
     torch.set_num_threads(max(1, args.threads))
     t0 = time.time()
@@ -213,21 +265,17 @@ def main(args) -> int:
     correct = {m: {n: [runs[s][m][n] for s in seeds] for n in runs[seeds[0]][m]} for m in methods}
     acc = {m: {n: sum(map(sum, rows)) / (len(rows) * len(test)) for n, rows in correct[m].items()} for m in methods}
 
-    # how many positives SFT alone needs to reach an accuracy: the first point of SFT's curve at or above it,
-    # interpolated linearly from the point before (in log2 of N); "<N" / ">N" outside the measured range
+    # how many positives SFT alone needs to reach an accuracy: where SFT's curve, straight lines in log2 N, first
+    # reaches it (negalign.evaluation.positives.first_crossing); "<=N" / ">N" outside the measured range
     sft_curve = sorted(acc.get("sft", {}).items())
 
     def sft_equivalent(a: float):
-        import math
-
-        for i, (n1, a1) in enumerate(sft_curve):
-            if a1 >= a:
-                if i == 0:
-                    return n1 if a1 == a else f"<={n1}"
-                n0_, a0 = sft_curve[i - 1]
-                frac = (a - a0) / (a1 - a0)
-                return round(2 ** (math.log2(n0_) + frac * (math.log2(n1) - math.log2(n0_))), 1)
-        return f">{sft_curve[-1][0]}" if sft_curve else None
+        if not sft_curve:
+            return None
+        x, censor = first_crossing(np.log2([n for n, _ in sft_curve]), np.array([v for _, v in sft_curve]), a)
+        if censor < 0:
+            return f"<={sft_curve[0][0]}"
+        return f">{sft_curve[-1][0]}" if censor > 0 else round(float(2 ** x), 1)
 
     n0 = amounts[0]
     results = {"methods": {}, "amounts": amounts, "sft_only_amounts": sft_only, "test_size": len(test), "seeds": seeds,
@@ -242,6 +290,13 @@ def main(args) -> int:
         }
     claims = _claims(correct, amounts, seeds)
     results["claims"] = claims
+    # the paper's figure: SFT accuracy at N, 2N, 4N, 8N positives with intervals, and every other method at N placed
+    # on that curve (effective positives, paired differences to each SFT point)
+    curve = None
+    if "sft" in methods:
+        arms = {m: correct[m][n0] for m in methods if m != "sft" and n0 in correct[m]}
+        curve = positives_curve(correct["sft"], arms, n0, seeds)
+        results["positives_curve"] = curve
     results["prep"] = extra
     results["timings_s"] = timings
     results["wall_time_s"] = round(time.time() - t0, 1)
@@ -256,33 +311,24 @@ def main(args) -> int:
     table = "\n".join(lines)
     verdicts = claims_table(claims)
     seeds_note = f"\n\nAccuracies: means over seeds {seeds}." if len(seeds) > 1 else ""
-    (out / "table.md").write_text(table + seeds_note + "\n\n" + verdicts + "\n")
     results["table"] = table
     results["claims_table"] = verdicts
+    curve_md = curve_table(curve) if curve else ""
+    if curve_md:
+        curve_md = f"Accuracy against positives (problems × seeds: {curve['n_items']} × {len(seeds)}):\n\n" + curve_md
+        results["positives_curve_table"] = curve_md
+    parts = [table + seeds_note, *([curve_md] if curve_md else []), verdicts]
+    (out / "table.md").write_text("\n\n".join(parts) + "\n")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for m in methods:
-            pts = sorted(acc[m].items())
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("positive solutions (problems)")
-        ax.set_ylabel("test accuracy (greedy)")
-        ax.set_title("per-step negatives on multi-step arithmetic (kit model)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_positives.png", dpi=120)
-        plt.close(fig)
+        _plot(out / "accuracy_vs_positives.png", acc, curve, methods)
     except Exception as e:  # a plot is a convenience; the numbers are in results.json
         print(f"[perstep-arith] no plot: {e}")
     from negalign.results import write_results
 
     write_results(out, {"wall_time_s": results["wall_time_s"]}, quickstart="perstep-arith", **results)
     print(table + seeds_note)
-    print(verdicts)
+    if curve_md:
+        print("\n" + curve_md)
+    print("\n" + verdicts)
     print(f"[perstep-arith] wrote {out / 'results.json'} in {results['wall_time_s']:.0f} s")
     return 0
