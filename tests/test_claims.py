@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from negalign.evaluation.claims import CLAIM_KEYS, check_claims, claims_table, paired_claim, paired_interval, verdict
+from negalign.evaluation.claims import (CLAIM_KEYS, check_claims, claims_table, paired_claim, paired_interval,
+                                       two_way_interval, verdict)
 
 
 def test_verdict_sides():
@@ -60,18 +61,37 @@ def test_same_inputs_same_interval():
     assert paired_interval(a, b, random_state=0) != paired_interval(a, b, random_state=1)  # the seed is what fixes it
 
 
-def test_seeds_pool_by_averaging_each_item():
+def test_several_seeds_resample_seeds_and_items():
     rng = np.random.default_rng(4)
     a, b = rng.random((3, 30)), rng.random((3, 30))
     pooled = paired_claim("a > b", a, b, seeds=[5, 6, 7])
     assert pooled["seeds"] == [5, 6, 7] and pooled["n_items"] == 30
     assert pooled["difference"] == pytest.approx(a.mean() - b.mean())
-    one = paired_claim("a > b", a.mean(axis=0), b.mean(axis=0))  # the item-clustered view of the same data
-    assert (pooled["ci_low"], pooled["ci_high"]) == (one["ci_low"], one["ci_high"])
+    assert pooled["ci_low"] < pooled["difference"] < pooled["ci_high"]
+    assert (pooled["ci_low"], pooled["ci_high"]) == two_way_interval(a - b)  # the crossed bootstrap, same seed
     with pytest.raises(ValueError):
         paired_claim("x", a, b, seeds=[0])
     with pytest.raises(ValueError):
         paired_claim("x", a, b[:, :29])
+
+
+def test_a_shift_common_to_one_seed_widens_the_interval():
+    # d2o-toy's D2O − base by seed was −0.26 / −0.03 / −0.38. Make every item of seed s differ by exactly that shift
+    # (plus item noise that is the same in every seed). The old rule averaged each item over the seeds first, so
+    # each item's difference was the same −0.223 and the interval was a point: "decided" from three runs that
+    # disagree by 0.35. Resampling the seeds too: the resampled mean is the mean of three draws from the shifts, and
+    # P(all three draws = −0.38) = P(all = −0.03) = 1/27 ≈ 3.7 % > 2.5 %, so the percentile interval is exactly
+    # [−0.38 + item part, −0.03 + item part] — with the item noise of mean 0 and small spread, about [−0.39, −0.02].
+    shifts = np.array([-0.26, -0.03, -0.38])
+    noise = np.random.default_rng(0).normal(0, 0.01, 40)
+    noise -= noise.mean()
+    b = np.zeros((3, 40))
+    a = shifts[:, None] + noise[None, :]
+    c = paired_claim("a < b", a, b, "<", seeds=[0, 1, 2])
+    assert c["difference"] == pytest.approx(shifts.mean())
+    assert c["ci_low"] == pytest.approx(-0.38, abs=0.01) and c["ci_high"] == pytest.approx(-0.03, abs=0.01)
+    old_rule = paired_claim("a < b", a.mean(axis=0), b.mean(axis=0), "<")  # items averaged over seeds first
+    assert old_rule["ci_high"] - old_rule["ci_low"] < 0.01 < c["ci_high"] - c["ci_low"]
 
 
 def test_degenerate_inputs():

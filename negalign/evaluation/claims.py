@@ -6,15 +6,18 @@ arms (per-problem correctness, per-prompt harm fraction, per-prompt reward ...),
 
 * **difference** = ``mean(a) - mean(b)`` over every (seed, item) outcome (with the same items in every seed, this is
   the mean over seeds of each seed's difference of means, i.e. the difference of the reported metrics).
-* **interval**: ``scipy.stats.bootstrap`` (BCa, ``confidence`` = 0.95, ``n_resamples`` resamples, a fixed
+* **interval**, one seed: ``scipy.stats.bootstrap`` (BCa, ``confidence`` = 0.95, ``n_resamples`` resamples, a fixed
   ``random_state`` so that the same inputs always give the same interval), **paired**: an item is resampled with
-  both of its arms' outcomes together. Several seeds are pooled by **clustering on the item**: each item's outcome
-  is first averaged over the seeds (the quickstarts evaluate the same items in every seed), and the items are then
-  resampled. Treating the ``n_seeds × n_items`` outcomes as independent would understate the width, since an item
-  that is hard in one seed tends to be hard in all of them; resampling the few seeds themselves (3 in a full run)
-  would be too coarse to mean anything. What this leaves out: a shift common to every item of one seed (a seed whose
-  whole run is better) enters only through the per-item averages, not as a separate variance component — more
-  seeds make the average over that shift itself tighter.
+  both of its arms' outcomes together.
+* **interval**, several seeds: a **two-way (crossed) bootstrap** of the paired differences ``d[s, i] = a[s, i] -
+  b[s, i]``: each resample draws the seeds with replacement *and*, independently, the items with replacement (the
+  quickstarts evaluate the same items in every seed), and takes the mean of ``d`` over the drawn seeds × items; the
+  interval is the percentile interval of those means (numpy, fixed ``random_state``). So both sources of noise are
+  in the width: which items were evaluated, and which training / sampling seeds were run — a seed whose whole run
+  is better moves every item at once, which resampling items alone (or averaging each item over the seeds first,
+  this module's rule before 2026-12-03) cannot see. With 3 seeds the seed part of the resampling distribution is
+  coarse (it takes 10 values) and a percentile interval of so few seeds is, if anything, too narrow; more seeds
+  are the remedy.
 * **verdict** against the claim's ``threshold`` (0 unless the claim is "within X of"): ``reproduced`` when the whole
   interval lies on the claimed side (``>`` / ``≥``: above; ``<`` / ``≤``: below), ``contradicted`` when it lies
   wholly on the other side, ``inconclusive`` when it covers the threshold. ``≥`` and ``>`` decide alike (an interval
@@ -64,7 +67,8 @@ def verdict(ci_low: float, ci_high: float, direction: str = ">", threshold: floa
 
 def paired_interval(a, b, confidence: float = 0.95, n_resamples: int = 9999, random_state: int = 0,
                     method: str = "BCa") -> tuple[float, float, float, int, int]:
-    """``(difference, ci_low, ci_high, n_items, n_seeds)`` of ``mean(a) - mean(b)`` (see the module docstring).
+    """``(difference, ci_low, ci_high, n_items, n_seeds)`` of ``mean(a) - mean(b)`` (see the module docstring: BCa
+    over items for one seed, the crossed seeds × items bootstrap for several).
 
     ``a`` and ``b``: per-item outcomes of the two arms, ``[n_items]`` or ``[n_seeds, n_items]``, item ``i`` of
     seed ``s`` in ``a`` paired with the same item and seed in ``b``."""
@@ -76,13 +80,17 @@ def paired_interval(a, b, confidence: float = 0.95, n_resamples: int = 9999, ran
     n_seeds, n_items = a2.shape
     if n_items == 0:
         raise ValueError("no items")
-    # cluster on the item: one outcome per item and arm, averaged over the seeds
-    xa, xb = a2.mean(axis=0), b2.mean(axis=0)  # [n_items]
-    diff = float(xa.mean() - xb.mean())
-    d = xa - xb
+    d2 = a2 - b2  # [n_seeds, n_items]
+    diff = float(a2.mean() - b2.mean())
     if n_items < 2:
         return diff, math.nan, math.nan, n_items, n_seeds
-    if np.all(d == d[0]):  # nothing varies between items: the interval is the point
+    if np.all(d2 == d2.flat[0]):  # nothing varies between items or seeds: the interval is the point
+        return diff, diff, diff, n_items, n_seeds
+    if n_seeds > 1:
+        lo, hi = two_way_interval(d2, confidence, n_resamples, random_state)
+        return diff, lo, hi, n_items, n_seeds
+    xa, xb = a2[0], b2[0]  # [n_items]
+    if np.all(xa - xb == (xa - xb)[0]):
         return diff, diff, diff, n_items, n_seeds
 
     def stat(x, y, axis=-1):
@@ -101,6 +109,28 @@ def paired_interval(a, b, confidence: float = 0.95, n_resamples: int = 9999, ran
         if not (math.isfinite(lo) and math.isfinite(hi)) and method != "percentile":
             lo, hi = boot("percentile")
     return diff, lo, hi, n_items, n_seeds
+
+
+def two_way_interval(d, confidence: float = 0.95, n_resamples: int = 9999, random_state: int = 0,
+                     block: int = 1000) -> tuple[float, float]:
+    """Percentile interval of ``mean(d)`` for ``d`` ``[n_seeds, n_items]`` when seeds and items are resampled
+    independently, with replacement (a crossed bootstrap). Each resample draws item counts ``c`` ``[n_items]``
+    (multinomial) and seed counts ``w`` ``[n_seeds]``; its statistic is ``Σ_s w_s Σ_i c_i d[s, i] / (n_seeds ·
+    n_items)``, i.e. the mean of ``d`` over the drawn seeds × drawn items, computed ``block`` resamples at a time as a
+    matrix product (``[block, n_items] @ [n_items, n_seeds]``)."""
+    d = np.asarray(d, dtype=float)
+    n_seeds, n_items = d.shape
+    rng = np.random.default_rng(random_state)
+    means = []
+    for start in range(0, n_resamples, block):
+        b = min(block, n_resamples - start)
+        item_counts = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=b)  # [b, n_items]
+        seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=b)  # [b, n_seeds]
+        per_seed = item_counts @ d.T / n_items  # [b, n_seeds]: each seed's mean over the drawn items
+        means.append((per_seed * seed_counts).sum(axis=1) / n_seeds)  # [b]
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(np.concatenate(means), [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
 
 
 def paired_claim(claim: str, a, b, direction: str = ">", threshold: float = 0.0, seeds: Sequence[int] | None = None,

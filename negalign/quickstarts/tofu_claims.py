@@ -1,7 +1,7 @@
 """The npo-tofu quickstart's claims (SPEC §8): paired per-item comparisons, and forget quality by a bootstrap.
 
 The NPO paper's claims, stated so that each is decided by a 95% interval over the evaluation items
-(``negalign.evaluation.claims``: paired bootstrap, several seeds pooled by item):
+(``negalign.evaluation.claims``: paired bootstrap over items; several seeds resampled with them, a crossed bootstrap):
 
 * **utility**: "GA utility < fine-tuned", "NPO+RT utility > GA utility", "NPO+RT utility ≥ 0.8 × fine-tuned", on a
   *per-item utility score*: for each question of retain, real_authors and world_facts, the mean of its three utility
