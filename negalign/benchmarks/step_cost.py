@@ -62,15 +62,19 @@ def _bytes(tensors) -> int:
 
 def _rows(ids, am, cm):
     """Trim columns that are padding in every row (open-unlearning pads forget and retain batches separately)."""
+    from negalign.data.batching import completion_labels
+
     cols = am.any(0).nonzero().flatten()
     sl = slice(int(cols.min()), int(cols.max()) + 1)
     ids, am, cm = ids[:, sl], am[:, sl], cm[:, sl]
-    return ids, am, ids.masked_fill(cm == 0, -100)  # labels: -100 off the answer, as its TOFU collator
+    return ids, am, completion_labels(ids, cm)  # labels: -100 off the answer, as its TOFU collator
 
 
 def _variants(trainer, model, ref_model, batch, losses):
     import torch
     import torch.nn.functional as F
+
+    from negalign.data.batching import completion_labels
 
     n = batch["input_ids"].shape[0]
     fused = trainer.build_batch(batch)  # forget rows then retain rows, padded together
@@ -88,7 +92,7 @@ def _variants(trainer, model, ref_model, batch, losses):
             trainer.args.logprob_checkpoint_head = default_head
 
     def sft():
-        labels = fused["input_ids"].masked_fill(fused["completion_mask"] == 0, -100)
+        labels = completion_labels(fused["input_ids"], fused["completion_mask"])
         return model(input_ids=fused["input_ids"], attention_mask=fused["attention_mask"], labels=labels).loss
 
     def batch_nll(m, ids, am, labels):  # open-unlearning's compute_batch_nll: full logits, summed NLL per row

@@ -41,7 +41,7 @@ from trl.trainer.base_trainer import _BaseTrainer  # noqa: E402
 
 from negalign import logprobs as lp
 from negalign.data import DataError
-from negalign.data.batching import pad_rows, pad_token_id, tokenize_pair  # noqa: F401  (tests import pad_rows here)
+from negalign.data.batching import pad_rows, pad_token_id, tokenize_pair
 from negalign.losses import kl_batchmean, kl_loss, nll_loss
 from negalign.trainers.common import (
     NonFiniteLossCallback,
