@@ -16,7 +16,8 @@ tokenizer and ChatML template (data ``template: auto``). What it does, with the 
 3. unlearns forget01 from the fine-tuned model with GA, GradDiff, NPO, NPO+RT and SimNPO, each from its shipped
    recipe (``recipes/<method>_tofu.yaml``: learning rate, scheduler, warmup fraction, weight decay, beta / alpha /
    gamma, loss reductions as open-unlearning sets them). Scaled to the subset: the batch (``--batch-size``, no
-   accumulation), the length (``--unlearn-epochs`` passes over the 40 forget QA, as ``max_steps``), float32 weights
+   accumulation), the length (``--unlearn-epochs`` passes over the 40 forget QA, as ``max_steps``), the learning rate
+   (``--unlearn-lr``, default the fine-tuning one: open-unlearning uses one rate for both), float32 weights
    (``--bf16`` for the recipes' autocast); the prompt template is SmolLM2's own (open-unlearning's Llama-3 one does not apply). TOFU is
    evaluated during training (``--eval-every``) for the forget-quality-vs-utility curve;
 4. prints the table (base, fine-tuned, retain and each method; means over ``--seeds``), writes ``results.json``
@@ -66,22 +67,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="Cache of the fine-tuned / retain models and their evaluations (default "
                              "$NEGALIGN_CACHE/quickstarts/tofu-smollm2, i.e. ~/.cache/negalign/...).")
-    parser.add_argument("--retain-authors", type=int, default=8, help="Retain authors (20 QA each) in the subset.")
+    parser.add_argument("--retain-authors", type=int, default=4, help="Retain authors (20 QA each) in the subset.")
     parser.add_argument("--forget-eval-items", type=int, default=40, help="Forget QA evaluated (forget01 has 40).")
-    parser.add_argument("--eval-items", type=int, default=40, help="QA evaluated per utility split (retain, "
+    parser.add_argument("--eval-items", type=int, default=20, help="QA evaluated per utility split (retain, "
                         "real_authors, world_facts).")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="Greedy generation cap (TOFU: 200).")
-    parser.add_argument("--sft-epochs", type=int, default=5, help="Fine-tuning epochs (open-unlearning finetune: 5).")
-    parser.add_argument("--sft-lr", type=float, default=5e-5,
+    parser.add_argument("--sft-epochs", type=int, default=3, help="Fine-tuning epochs (open-unlearning finetune: 5; "
+                        "3 here to fit the budget, at a higher learning rate).")
+    parser.add_argument("--sft-lr", type=float, default=1e-4,
                         help="Fine-tuning learning rate (open-unlearning: 1e-5 for Llama-3.2-1B on all 4,000 QA at "
-                             "batch 32; here 200 QA at batch 8, so more per step).")
+                             "batch 32, 5 epochs; here a 135M model, 120 QA at batch 8, 3 epochs: 45 steps).")
     parser.add_argument("--sft-batch-size", type=int, default=8)
     parser.add_argument("--sft-max-samples", type=int, default=None, help="Keep the first N fine-tuning QA (smoke).")
-    parser.add_argument("--unlearn-epochs", type=int, default=5,
+    parser.add_argument("--unlearn-epochs", type=int, default=2,
                         help="Passes over the forget QA of every unlearning run (open-unlearning: 10 at batch 32).")
+    parser.add_argument("--unlearn-lr", type=float, default=None,
+                        help="Unlearning learning rate (default: the fine-tuning one, --sft-lr; open-unlearning uses "
+                             "the same 1e-5 for fine-tuning and unlearning). The recipes' 1e-5 is for 10 passes at "
+                             "batch 32; here 2 passes at batch 8.")
     parser.add_argument("--batch-size", type=int, default=8, help="Forget examples per unlearning step (no accumulation).")
     parser.add_argument("--forget-train-items", type=int, default=None, help="Unlearn only the first N forget QA (smoke).")
-    parser.add_argument("--eval-every", type=int, default=10, help="TOFU evaluation every N unlearning steps (curve).")
+    parser.add_argument("--eval-every", type=int, default=5, help="TOFU evaluation every N unlearning steps (curve).")
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=2, help="Unlearning seeds (seed, seed+1, ...), pooled in the claims; "
@@ -179,6 +185,10 @@ def _evaluate(model_dir: str, data_dir: Path, retain_eval, args) -> dict:
                          progress=False, template="auto")
 
 
+def unlearn_lr(args) -> float:
+    return args.sft_lr if args.unlearn_lr is None else args.unlearn_lr
+
+
 def unlearn_steps(args, n_forget: int) -> int:
     return args.unlearn_epochs * math.ceil(n_forget / args.batch_size)
 
@@ -203,8 +213,8 @@ def _unlearn(method: str, out_dir: Path, finetuned: Path, data_dir: Path, retain
                         "tofu_eval_max_new_tokens": args.max_new_tokens})
     for k in ("save_total_limit", "num_train_epochs"):
         r["training"].pop(k, None)
-    r["training"].update({"max_steps": steps, "per_device_train_batch_size": args.batch_size,
-                          "gradient_accumulation_steps": 1, "bf16": args.bf16, "save_strategy": "no", "seed": seed, "disable_tqdm": True,
+    r["training"].update({"max_steps": steps, "learning_rate": unlearn_lr(args),
+                          "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1, "bf16": args.bf16, "save_strategy": "no", "seed": seed, "disable_tqdm": True,
                           "logging_steps": max(1, args.eval_every // 2)})
     r["output"] = {"dir": str(out_dir)}
     run(load_recipe(data=r), overwrite=True)
@@ -294,7 +304,8 @@ def _main(args) -> int:
     _plot(png, summaries, curves)
     order = ["base", "finetuned", "retain", *methods]
     rep = report(out, summaries, order, KEYS, per_seed, seeds, items,
-                 note=f"(methods: means over unlearning seeds {seeds}, {steps} steps each; curves and plot: seed "
+                 note=f"(methods: means over unlearning seeds {seeds}, {steps} steps each at lr "
+                      f"{unlearn_lr(args):g}; curves and plot: seed "
                       f"{seeds[0]})")
     timings["total_s"] = time.time() - t0
     write_results(
@@ -302,6 +313,7 @@ def _main(args) -> int:
         quickstart="tofu-smollm2", model=args.model, methods={n: summaries[n] for n in order}, curves=curves,
         claims=rep["claims"], seeds=seeds, forget_quality_per_seed=rep["forget_quality_per_seed"],
         per_seed={str(s): {"methods": per_seed[s]} for s in seeds}, data=what, unlearn_steps=steps,
+        unlearn_lr=unlearn_lr(args),
         cache={"dir": str(root), "models": {k: str(v) for k, v in models.items()}, "hits": hits},
         settings={k: v for k, v in vars(args).items() if k != "func"}, timings_s=timings, table=rep["table"],
         claims_table=rep["claims_table"], plot=str(png), offline_model=is_offline_name(args.model))
