@@ -39,6 +39,16 @@ def test_cache_reuses_a_folder_only_when_it_holds_the_key(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary folder left behind
 
 
+def test_cache_lives_inside_the_negalign_cache(tmp_path, monkeypatch):
+    # the guide promises $NEGALIGN_CACHE/quickstarts/tofu-smollm2, beside the converted models in
+    # $NEGALIGN_CACHE/models; an earlier version took the parent of $NEGALIGN_CACHE, writing outside it
+    from negalign.quickstarts.tofu_smollm2 import cache_root
+
+    monkeypatch.setenv("NEGALIGN_CACHE", str(tmp_path / "nc"))
+    assert cache_root(None) == tmp_path / "nc" / "quickstarts" / "tofu-smollm2"
+    assert cache_root(str(tmp_path / "mine")) == tmp_path / "mine"
+
+
 @pytest.mark.slow
 @pytest.mark.realmodel
 def test_smoke_run_writes_the_public_schema_and_reuses_the_cache(shared_data, tmp_path):

@@ -139,7 +139,7 @@ def cache_root(arg: str | None) -> Path:
         return Path(arg)
     from negalign.offline_models import cache_root as models_root
 
-    return models_root().parent / "quickstarts" / "tofu-smollm2"
+    return models_root() / "quickstarts" / "tofu-smollm2"  # beside models/, inside $NEGALIGN_CACHE
 
 
 def cached(root: Path, kind: str, key: dict, build) -> tuple[Path, bool]:
