@@ -281,11 +281,16 @@ def test_hub_id_offline_and_not_cached_says_so(tmp_path, monkeypatch):
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback():
-    # `negalign recipes | head -1`: head exits after one line and the pipe closes under the writer. Before, Python
-    # printed a BrokenPipeError traceback; now the command stops quietly with a shell's SIGPIPE status, 141.
-    proc = subprocess.Popen([sys.executable, "-m", "negalign", "recipes", "--paths"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout.readline().startswith(b"Recipes")
-    proc.stdout.close()
+    # `negalign recipes | head -1`: head exits and the pipe closes under the writer. Before, Python printed a
+    # BrokenPipeError traceback; now the command stops quietly with a shell's SIGPIPE status, 141. The reading end is
+    # closed before the command starts, so its first write fails every time (reading a line first and then closing
+    # raced the command: its short listing could fit the pipe's buffer before the close, and then it exited 0).
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "negalign", "recipes", "--paths"], stdout=w,
+                                stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    finally:
+        os.close(w)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
