@@ -6,7 +6,8 @@ per-item outcomes (greedy correctness of every test problem, one row per seed):
 
 * **SFT points**: accuracy at each amount with a 95% interval, ``scipy.stats.bootstrap`` over the items (BCa, fixed
   ``random_state``; percentile if BCa is degenerate), seeds pooled by averaging each item over the seeds first — the
-  same clustering as ``negalign.evaluation.claims``.
+  rule ``negalign.evaluation.claims`` used before 2026-12-03; its verdicts now resample the seeds too (a crossed
+  bootstrap), so these per-point intervals are narrower than a verdict's when the seeds differ.
 * **effective positives** of an arm measured at N: the number of positives N' at which SFT's curve, drawn as straight
   lines between its points in log2(positives), first reaches the arm's accuracy (``first_crossing``). Outside the
   measured range it is *censored* at the end: an arm below SFT at N gets N' = N (``censored = "below"``), one above

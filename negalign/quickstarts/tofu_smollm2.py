@@ -215,7 +215,8 @@ def _unlearn(method: str, out_dir: Path, finetuned: Path, data_dir: Path, retain
     for k in ("save_total_limit", "num_train_epochs"):
         r["training"].pop(k, None)
     r["training"].update({"max_steps": steps, "learning_rate": unlearn_lr(args),
-                          "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1, "bf16": args.bf16, "save_strategy": "no", "seed": seed, "disable_tqdm": True,
+                          "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1,
+                          "bf16": args.bf16, "save_strategy": "no", "seed": seed, "disable_tqdm": True,
                           "logging_steps": max(1, args.eval_every // 2)})
     r["output"] = {"dir": str(out_dir)}
     run(load_recipe(data=r), overwrite=True)
@@ -306,8 +307,7 @@ def _main(args) -> int:
     order = ["base", "finetuned", "retain", *methods]
     rep = report(out, summaries, order, KEYS, per_seed, seeds, items,
                  note=f"(methods: means over unlearning seeds {seeds}, {steps} steps each at lr "
-                      f"{unlearn_lr(args):g}; curves and plot: seed "
-                      f"{seeds[0]})")
+                      f"{unlearn_lr(args):g}; curves and plot: seed {seeds[0]})")
     timings["total_s"] = time.time() - t0
     write_results(
         out, {"methods": {n: {k: summaries[n].get(k) for k in KEYS} for n in order}}, recipe=None,
