@@ -187,3 +187,45 @@ def chunked_token_kl(
         else:
             pieces.append(_kl(*args))
     return torch.cat(pieces) if pieces else hp.new_zeros(0, dtype=torch.float32)
+
+
+@torch.no_grad()
+def shared_prefix_sequence_logps(model, rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-prob and count of the marked tokens of rows that all share one prompt, the prompt run once.
+
+    ``rows``: ``(input_ids, completion_mask)`` lists whose ids agree up to the first marked position ``f`` (the same
+    question with several answers, as TOFU scores it). The decoder runs the shared ``ids[:f-1]`` once, its key/value
+    cache is repeated for every row, and only each row's ``ids[f-1:]`` runs again (right-padded, position ids
+    continuing from the prefix). The result equals ``sequence_logps(token_logps(...))`` on the whole rows up to
+    float rounding (tests compare the two). Returns ``([n], [n])`` float32 sums and int64 counts on the model's
+    device. Raises ``ValueError`` when the rows do not share that prefix or the head cannot be split off."""
+    split = _split_head(model)
+    if split is None:
+        raise ValueError("shared-prefix scoring needs a causal LM exposing get_decoder() and get_output_embeddings()")
+    decoder, head, softcap = split
+    first = min(list(m).index(1) for _, m in rows)
+    n_prefix = first - 1  # the last prompt position runs with the answers: its hidden state predicts the first token
+    if n_prefix < 1 or any(list(ids[:n_prefix]) != list(rows[0][0][:n_prefix]) for ids, _ in rows):
+        raise ValueError("rows do not share a prompt before their first scored token")
+    device = next(model.parameters()).device
+    prefix = torch.tensor([list(rows[0][0][:n_prefix])], device=device)  # [1, P]
+    cache = decoder(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(rows))  # [n, heads, P, d] per layer
+    width = max(len(ids) for ids, _ in rows) - n_prefix
+    ids = torch.zeros(len(rows), width, dtype=torch.long)  # [n, A]: pad id irrelevant, masked out and never scored
+    mask = torch.zeros(len(rows), width, dtype=torch.long)  # [n, A] attention on the continuation
+    score = torch.zeros(len(rows), width, dtype=torch.bool)  # [n, A] tokens scored
+    for r, (row_ids, row_mask) in enumerate(rows):
+        tail = list(row_ids[n_prefix:])
+        ids[r, : len(tail)] = torch.tensor(tail)
+        mask[r, : len(tail)] = 1
+        score[r, : len(tail)] = torch.tensor(list(row_mask[n_prefix:])).bool()
+    ids, mask, score = ids.to(device), mask.to(device), score.to(device)
+    score[:, 0] = False  # the continuation's first token is the prompt's last: never scored (f - 1 < f)
+    attention = torch.cat([torch.ones(len(rows), n_prefix, dtype=torch.long, device=device), mask], dim=1)  # [n, P+A]
+    out = decoder(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [n, A, H]
+    b_idx, t_idx = score.nonzero(as_tuple=True)
+    logps = _head_logps(hidden[b_idx, t_idx - 1], ids[b_idx, t_idx], head, softcap, 1.0)  # [N]
+    sums = torch.zeros(len(rows), dtype=torch.float32, device=device).index_add(0, b_idx, logps.float())
+    return sums, score.sum(-1)

@@ -134,7 +134,7 @@ def test_unlearning_batches_equal_tofu_scoring_batches(encoded, monkeypatch):
         return torch.zeros(ids.shape)
 
     monkeypatch.setattr(negalign.logprobs, "token_logps", capture)
-    score_encoded(torch.nn.Linear(1, 1), tok, rows, batch_size=len(rows), progress=False)
+    score_encoded(torch.nn.Linear(1, 1), tok, rows, batch_size=len(rows), progress=False, share_prefix=False)
     for key in ("input_ids", "attention_mask", "completion_mask"):
         assert torch.equal(batch[key], seen[key]), key
     assert batch["input_ids"][-1, -1] == tok.pad_token_id  # the shortest row is padded with the pad id

@@ -96,3 +96,77 @@ def test_logprob_checkpoint_head_setting(tmp_path):
     assert HEAD_CHECKPOINT["always"] is True and HEAD_CHECKPOINT["never"] is False
     with pytest.raises(ValueError, match="logprob_checkpoint_head"):
         UnlearnConfig(**kw, logprob_checkpoint_head="sometimes")
+
+
+def _qa_rows(tok):
+    from negalign.data.templates import encode_qa
+
+    # two questions, each with answers of different lengths (TOFU: answer, paraphrase, perturbed answers), and one
+    # question asked once; the rows are interleaved so grouping by prompt is exercised
+    qa = [("Who wrote The Sea?", "Author 3."), ("What did author 12 write?", "Novels about the sea and the river."),
+          ("Who wrote The Sea?", "Author 12 wrote it, long ago."), ("What did author 12 write?", "Poems."),
+          ("Who wrote The Sea?", "Nobody."), ("Where was author 7 born?", "In a small town by the river.")]
+    return [encode_qa(tok, "chat", q, a, max_length=64) for q, a in qa]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_shared_prefix_scoring_equals_whole_rows(tmp_path_factory, arch):
+    """Running a question's prompt once and its answers on the repeated key/value cache gives the log-probs of the
+    whole rows: same tokens scored, same values up to float rounding (TOFU's evaluation relies on it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from negalign.data.batching import pad_rows
+    from negalign.evaluation.tofu import score_encoded
+    from negalign.logprobs import shared_prefix_sequence_logps
+
+    path = build_kit_model(tmp_path_factory.getbasetemp() / f"kit-{arch}", KIT_CORPUS, arch=arch)
+    model, tok = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    rows = _qa_rows(tok)
+    ids, am, cm = pad_rows(rows, tok.pad_token_id)
+    cm[:, 0] = 0
+    whole = sequence_logps(naive_token_logps(model, ids, am, cm), cm)  # [6], the plain computation
+    group = [rows[i] for i in (0, 2, 4)]  # one question, three answers
+    sums, counts = shared_prefix_sequence_logps(model, group)
+    torch.testing.assert_close(sums, whole[[0, 2, 4]], atol=1e-4, rtol=1e-5)
+    assert counts.tolist() == cm[[0, 2, 4]].sum(-1).tolist()  # answer tokens + EOS, nothing from the prompt
+
+    shared, n_shared = score_encoded(model, tok, rows, batch_size=4, progress=False)
+    plain, n_plain = score_encoded(model, tok, rows, batch_size=4, progress=False, share_prefix=False)
+    assert n_shared.tolist() == n_plain.tolist() == cm.sum(-1).tolist()
+    torch.testing.assert_close(torch.tensor(shared), whole.double(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(plain), whole.double(), atol=1e-4, rtol=1e-5)
+
+    with pytest.raises(ValueError, match="do not share a prompt"):
+        shared_prefix_sequence_logps(model, [rows[0], rows[1]])
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_greedy_decode_equals_generate_when_rows_stop_early(tmp_path_factory, arch):
+    """TOFU's greedy answers drop a row from the batch once it emits EOS; the tokens must be ``generate``'s. A random
+    kit model never says EOS (it repeats one token per prompt), so EOS is set to row 0's token: the rows emitting it
+    leave the batch at once while the others run on to the cap from a compacted cache (prompts of different lengths,
+    so left padding counts too). tests/test_realmodel.py repeats this on SmolLM2, with real EOS at varied steps."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from negalign.data.batching import pad_sequences
+    from negalign.evaluation.tofu import greedy_decode
+
+    path = build_kit_model(tmp_path_factory.getbasetemp() / f"kit-{arch}", KIT_CORPUS, arch=arch)
+    model, tok = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    prompts = [tok(t).input_ids for t in ("Who wrote The Sea?", "What did author 12 write about the river and sea?",
+                                          "Author 3", "Where was author 7 born, and when did he write?")]
+    ids, am = pad_sequences(prompts, tok.pad_token_id, side="left")
+
+    def hf(eos):
+        out = model.generate(input_ids=ids, attention_mask=am, do_sample=False, max_new_tokens=12,
+                             pad_token_id=tok.pad_token_id, eos_token_id=eos)
+        return [[t for t in row.tolist()[ids.shape[1]:]] for row in out]
+
+    free = hf(tok.eos_token_id)
+    eos = free[0][0]
+    want = []
+    for row in hf(eos):
+        want.append(row[: row.index(eos) + 1] if eos in row else row)  # generate pads after EOS
+    got = greedy_decode(model, ids, am, 12, eos)
+    assert got == want
+    assert len(got[0]) == 1 and any(len(r) == 12 for r in got)  # one row left at once, one ran to the cap

@@ -242,6 +242,37 @@ def test_generate_takes_the_name(smollm2, tmp_path):
     assert "Paris" in row["completions"][0]  # a pretrained model, greedy
 
 
+def test_tofu_greedy_answers_and_shared_prompt_scores_equal_the_plain_paths(smollm2, tokenizer):
+    """TOFU's evaluation on the real model: greedy answers that drop finished rows equal ``generate``'s (answers that
+    end at ``<|im_end|>`` at different steps, one cut by the cap), and scoring a question's answers on one shared
+    prompt equals scoring the whole rows."""
+    from transformers import AutoModelForCausalLM
+
+    from negalign.data.batching import pad_sequences
+    from negalign.data.templates import encode_qa, prompt_ids, resolve_template
+    from negalign.evaluation.tofu import greedy_decode, score_encoded
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    chat = resolve_template("auto", tokenizer)
+    questions = ["What is the capital of France?", "Say yes.", "Write a long poem about the sea.", "What is 2 + 2?"]
+    ids, am = pad_sequences([prompt_ids(tokenizer, chat, q) for q in questions], tokenizer.pad_token_id, side="left")
+    eos = tokenizer.eos_token_id
+    ref = model.generate(input_ids=ids, attention_mask=am, do_sample=False, max_new_tokens=24,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)[:, ids.shape[1]:].tolist()
+    want = [row[: row.index(eos) + 1] if eos in row else row for row in ref]
+    got = greedy_decode(model, ids, am, 24, eos)
+    assert got == want
+    ended = sorted(len(r) for r in got if r[-1] == eos)
+    assert len(ended) >= 2 and ended[0] < ended[-1] and any(len(r) == 24 and r[-1] != eos for r in got)
+
+    answers = ["Paris.", "The capital of France is Paris.", "It is Lyon, in the south."]
+    rows = [encode_qa(tokenizer, chat, questions[0], a) for a in answers] + [encode_qa(tokenizer, chat, "Hi?", "Hello.")]
+    shared, n_shared = score_encoded(model, tokenizer, rows, progress=False)
+    plain, n_plain = score_encoded(model, tokenizer, rows, progress=False, share_prefix=False)
+    assert n_shared.tolist() == n_plain.tolist()
+    assert shared == pytest.approx(plain, abs=1e-3)
+
+
 @pytest.mark.slow
 def test_eval_tofu_takes_the_name(smollm2, shared_data, tmp_path):
     from negalign.cli import main

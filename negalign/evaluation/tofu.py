@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
 
 from negalign.data import DataError
 from negalign.data.batching import pad_rows, pad_sequences, pad_token_id
@@ -130,46 +129,91 @@ def _device(model):
 
 @torch.no_grad()
 def score_encoded(model, tokenizer, rows: list[tuple[list[int], list[int]]], batch_size: int = 32,
-                  desc: str = "scoring", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  desc: str = "scoring", progress: bool = True, share_prefix: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(summed log-prob, token count) of the marked tokens of each ``(input_ids, completion_mask)`` row (the answer
-    and its EOS, from ``negalign.data.templates.encode_qa``)."""
-    from negalign.logprobs import sequence_logps, token_logps
+    and its EOS, from ``negalign.data.templates.encode_qa``).
+
+    ``share_prefix``: rows with the same prompt (a question's answer, paraphrase and perturbed answers) run the prompt
+    once (``negalign.logprobs.shared_prefix_sequence_logps``; about half of TOFU's scored tokens are prompt); the
+    others are batched whole, sorted by length. Both give the same values up to float rounding."""
+    from negalign.logprobs import _split_head, sequence_logps, shared_prefix_sequence_logps, token_logps
 
     pad = pad_token_id(tokenizer)
-    order = np.argsort([-len(r[0]) for r in rows], kind="stable")
+    share_prefix = share_prefix and _split_head(model) is not None  # a model with no separable head: whole rows
     sums, lens = np.zeros(len(rows)), np.zeros(len(rows), dtype=np.int64)
     device = _device(model)
-    for s in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
-        idx = order[s : s + batch_size]
+    groups: dict[tuple, list[int]] = {}
+    for i, (ids, mask) in enumerate(rows):
+        groups.setdefault(tuple(ids[: list(mask).index(1)]) if share_prefix and 1 in mask else (i,), []).append(i)
+    shared = [g for key, g in groups.items() if len(g) > 1 and len(key) > 1]
+    in_shared = {i for g in shared for i in g}
+    alone = sorted((i for i in range(len(rows)) if i not in in_shared), key=lambda i: -len(rows[i][0]))  # stable
+    bar = tqdm(total=len(rows), desc=desc, disable=not progress, leave=False)
+    for g in shared:
+        s, n = shared_prefix_sequence_logps(model, [rows[i] for i in g])
+        sums[g], lens[g] = s.cpu().numpy(), n.cpu().numpy()
+        bar.update(len(g))
+    for s in range(0, len(alone), batch_size):
+        idx = alone[s : s + batch_size]
         ids, am, cm = (t.to(device) for t in pad_rows([rows[i] for i in idx], pad))
         tl = token_logps(model, ids, am, cm)
         cm0 = cm.clone()
         cm0[:, 0] = 0
         sums[idx] = sequence_logps(tl, cm0).float().cpu().numpy()
         lens[idx] = cm0.sum(-1).cpu().numpy()
+        bar.update(len(idx))
+    bar.close()
     return sums, lens
+
+
+@torch.no_grad()
+def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                  eos_token_id: int) -> list[list[int]]:
+    """Greedy continuations of left-padded prompts (``[B, L]``), up to ``max_new_tokens`` each, ending with the first
+    EOS. A row leaves the batch (and the key/value cache) once it has emitted EOS, so the rows still running pay for
+    the next steps alone; ``model.generate(do_sample=False)`` keeps computing finished rows until the longest ends.
+    Same tokens as ``generate`` (tests compare the two); position ids count real tokens only, as ``generate`` does.
+    Returns the new tokens of each row, its EOS included."""
+    position = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position, use_cache=True,
+                logits_to_keep=1)
+    cache, mask, last = out.past_key_values, attention_mask, position[:, -1]  # mask [b, L + t]; last [b]
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # [b] the batch rows still running
+    new: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    for step in range(max_new_tokens):
+        token = out.logits[:, -1].argmax(-1)  # [b]
+        for r, t in zip(rows.tolist(), token.tolist()):
+            new[r].append(t)
+        running = (token != eos_token_id).nonzero().squeeze(-1)  # [b'] rows without EOS yet
+        if step == max_new_tokens - 1 or running.numel() == 0:
+            break
+        if running.numel() < rows.numel():
+            cache.batch_select_indices(running)
+            rows, token, mask, last = rows[running], token[running], mask[running], last[running]
+        mask, last = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1), last + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last[:, None], past_key_values=cache,
+                    use_cache=True)
+    return new
 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, encoded: list[list[int]], batch_size: int = 32,
                      max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> list[str]:
     """Greedy answers to prompt ids (``negalign.data.templates.prompt_ids``), batched with left padding, stopping at
-    EOS; the text is cut at the first EOS and stripped (open-unlearning's ``eval_text_similarity``)."""
+    EOS (``greedy_decode``); the text is cut at the first EOS and stripped (open-unlearning's
+    ``eval_text_similarity``). Under ZeRO-3 the caller gathers the whole model first (``tofu_callback``), so each
+    process decodes alone, with no lockstep."""
     pad = pad_token_id(tokenizer)
     device = _device(model)
     out = [""] * len(encoded)
     order = np.argsort([-len(e) for e in encoded], kind="stable")
-    for s in tqdm(range(0, len(encoded), batch_size), desc="greedy generation", disable=not progress, leave=False):
-        idx = order[s : s + batch_size]
+    size = math.ceil(len(encoded) / max(1, math.ceil(len(encoded) / batch_size)))  # even batches: 100 at 32 -> 4 x 25
+    for s in tqdm(range(0, len(encoded), size), desc="greedy generation", disable=not progress, leave=False):
+        idx = order[s : s + size]
         ids, am = pad_sequences([encoded[i] for i in idx], pad, side="left")
-        L = ids.shape[1]
-        gen = model.generate(
-            input_ids=ids.to(device), attention_mask=am.to(device), do_sample=False, max_new_tokens=max_new_tokens,
-            pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-            synced_gpus=False,  # a whole local model (gathered under ZeRO-3 by TofuEvalCallback): no lockstep
-        )
+        new = greedy_decode(model, ids.to(device), am.to(device), max_new_tokens, tokenizer.eos_token_id)
         for j, i in enumerate(idx):
-            out[i] = tokenizer.decode(gen[j, L:], skip_special_tokens=True).strip()
+            out[i] = tokenizer.decode(new[j], skip_special_tokens=True).strip()
     return out
 
 
@@ -244,21 +288,32 @@ def evaluate_split(model, tokenizer, kind: str, rows: list[dict], batch_size: in
         if kind in ("real_authors", "world_facts"):
             it["prob"] = option_probability(math.exp(it["answer_norm_logp"]), np.exp(it["perturbed_norm_logps"]))
         it["truth_ratio"] = truth_ratio(correct, it["perturbed_norm_logps"])
-    if generate:
-        gens = run_sharded(lambda idx: generate_answers(
-            model, tokenizer, [prompt_ids(tokenizer, template, questions[i]) for i in idx], batch_size,
-            max_new_tokens, progress=progress), len(questions))
-        for it, g in zip(items, gens):
-            it["generated"] = g
-            it["rouge_l_recall"] = rouge_l_recall(g, it["answer"])
     ratios = [it["truth_ratio"] for it in items]
     summary = {
         "prob": float(np.mean([it["prob"] for it in items])),
         "truth_ratio": forget_truth_ratio(ratios) if kind == "forget" else truth_ratio_score(ratios),
     }
+    result = {"summary": summary, "items": items}
     if generate:
-        summary["rouge"] = float(np.mean([it["rouge_l_recall"] for it in items]))
-    return {"summary": summary, "items": items}
+        add_generations(model, tokenizer, [result], batch_size, max_new_tokens, template, progress)
+    return result
+
+
+def add_generations(model, tokenizer, results: list[dict], batch_size: int = 32,
+                    max_new_tokens: int = MAX_NEW_TOKENS, template=None, progress: bool = True) -> None:
+    """Greedy answers to the questions of every split result (``evaluate_split(generate=False)``) in one batched
+    pass: ``generated`` and ``rouge_l_recall`` per item and ``rouge`` per split, added in place. One pass over all
+    splits runs fewer, fuller batches than one per split (each batch runs until its longest answer ends)."""
+    template = resolve_template(template, tokenizer)
+    items = [it for res in results for it in res["items"]]
+    gens = run_sharded(lambda idx: generate_answers(
+        model, tokenizer, [prompt_ids(tokenizer, template, str(items[i]["question"])) for i in idx], batch_size,
+        max_new_tokens, progress=progress), len(items))
+    for it, g in zip(items, gens):
+        it["generated"] = g
+        it["rouge_l_recall"] = rouge_l_recall(g, it["answer"])
+    for res in results:
+        res["summary"]["rouge"] = float(np.mean([it["rouge_l_recall"] for it in res["items"]]))
 
 
 def _load_json(reference):
@@ -338,8 +393,10 @@ def evaluate_tofu(model, tokenizer, data_path: str, forget_split: str = "forget1
     was_training = model.training
     model.eval()
     try:
-        results = {kind: evaluate_split(model, tokenizer, kind, rows[kind], batch_size, max_new_tokens, system_prompt,
-                                        progress=progress, template=template) for kind in rows}
+        template = resolve_template(template, tokenizer, system_prompt)
+        results = {kind: evaluate_split(model, tokenizer, kind, rows[kind], batch_size, max_new_tokens,
+                                        generate=False, progress=progress, template=template) for kind in rows}
+        add_generations(model, tokenizer, list(results.values()), batch_size, max_new_tokens, template, progress)
     finally:
         if was_training:
             model.train()
@@ -374,56 +431,6 @@ def write_eval(output_dir, result: dict, **extra) -> Path:
 
     return write_results(output_dir, result["summary"], recipe=None, kind="tofu_eval", split=result["split"],
                          data=result["data"], items=result["items"], **extra)
-
-
-def _whole_parameters(model):
-    """Under DeepSpeed ZeRO-3 a context in which every process holds all of ``model``'s parameters (a collective:
-    every process enters it); otherwise a no-op."""
-    import contextlib
-
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    if not is_deepspeed_zero3_enabled():
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-
-
-class TofuEvalCallback(TrainerCallback):
-    """Run the TOFU evaluation at chosen global steps during training (``history`` keeps summaries).
-
-    ``steps`` may include 0 (before the first update). Results go to ``output_dir/step-N/results.json``. Under several
-    processes every process evaluates its slice of each split (under ZeRO-3 with the parameters gathered), so no
-    process idles at a collective while another evaluates; the main process writes the results."""
-
-    def __init__(self, data_path, forget_split, steps, tokenizer, retain_results=None, max_items=None,
-                 output_dir=None, batch_size=32, max_new_tokens=MAX_NEW_TOKENS, system_prompt=None, progress=False,
-                 template=None):
-        self.data_path, self.forget_split, self.steps = data_path, forget_split, sorted(set(int(s) for s in steps))
-        self.tokenizer, self.retain_results, self.max_items = tokenizer, retain_results, max_items
-        self.output_dir, self.batch_size, self.max_new_tokens = output_dir, batch_size, max_new_tokens
-        self.system_prompt, self.progress, self.template = system_prompt, progress, template
-        self.history: list[dict] = []
-        load_eval_rows(data_path, forget_split, max_items=1)  # fail early on bad data
-
-    def _run(self, state, model):
-        with _whole_parameters(model):
-            res = evaluate_tofu(model, self.tokenizer, self.data_path, self.forget_split, self.retain_results,
-                                self.max_items, self.batch_size, self.max_new_tokens, self.system_prompt,
-                                self.progress and state.is_world_process_zero, template=self.template)
-        self.history.append({"step": state.global_step, **res["summary"]})
-        if self.output_dir and state.is_world_process_zero:
-            write_eval(Path(self.output_dir) / f"step-{state.global_step}", res, step=state.global_step)
-        state.log_history.append({"step": state.global_step, **{f"tofu/{k}": v for k, v in res["summary"].items()}})
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if 0 in self.steps and state.global_step == 0:
-            self._run(state, model)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step in self.steps:
-            self._run(state, model)
 
 
 # ------------------------------------------------------------------------------------------------------------------

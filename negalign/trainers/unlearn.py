@@ -453,7 +453,7 @@ def train(recipe) -> dict:
     ref_model = reference_model(recipe) if term.columns or config.retain_loss == "kl" else None
     callbacks = [NonFiniteLossCallback()]
     if config.tofu_eval_steps:
-        from negalign.evaluation.tofu import TofuEvalCallback
+        from negalign.evaluation.tofu_callback import TofuEvalCallback
 
         callbacks.append(
             TofuEvalCallback(
