@@ -14,6 +14,9 @@ peak (the head's backward needs that chunk's logits either way, while every deco
 
 from __future__ import annotations
 
+import copy
+import os
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -190,39 +193,56 @@ def chunked_token_kl(
 
 
 @torch.no_grad()
-def shared_prefix_sequence_logps(model, rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-prob and count of the marked tokens of rows that all share one prompt, the prompt run once.
+def shared_prefix_sequence_logps(model, groups: list[list[tuple[list[int], list[int]]]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Summed log-prob and count of the marked tokens of rows, each prompt run once.
 
-    ``rows``: ``(input_ids, completion_mask)`` lists whose ids agree up to the first marked position ``f`` (the same
-    question with several answers, as TOFU scores it). The decoder runs the shared ``ids[:f-1]`` once, its key/value
-    cache is repeated for every row, and only each row's ``ids[f-1:]`` runs again (right-padded, position ids
-    continuing from the prefix). The result equals ``sequence_logps(token_logps(...))`` on the whole rows up to
-    float rounding (tests compare the two). Returns ``([n], [n])`` float32 sums and int64 counts on the model's
-    device. Raises ``ValueError`` when the rows do not share that prefix or the head cannot be split off."""
+    ``groups``: lists of ``(input_ids, completion_mask)`` rows; the rows of a group agree up to their first marked
+    position ``f`` (one question with several answers, as TOFU scores it). The decoder runs the prefix every group
+    shares (a chat template's system prompt) once; each group's own prompt ``ids[:f-1]`` on a copy of that key/value
+    cache; then each row's ``ids[f-1:]`` (right-padded, position ids continuing) on the group's cache repeated once
+    per row. The values equal ``sequence_logps(token_logps(...))`` on the whole rows up to float rounding (tests
+    compare the two). Returns one ``([n], [n])`` pair per group: float32 sums and int64 counts on the model's device.
+    Raises ``ValueError`` when a group's rows do not share its prompt or the head cannot be split off."""
     split = _split_head(model)
     if split is None:
         raise ValueError("shared-prefix scoring needs a causal LM exposing get_decoder() and get_output_embeddings()")
     decoder, head, softcap = split
-    first = min(list(m).index(1) for _, m in rows)
-    n_prefix = first - 1  # the last prompt position runs with the answers: its hidden state predicts the first token
-    if n_prefix < 1 or any(list(ids[:n_prefix]) != list(rows[0][0][:n_prefix]) for ids, _ in rows):
-        raise ValueError("rows do not share a prompt before their first scored token")
     device = next(model.parameters()).device
-    prefix = torch.tensor([list(rows[0][0][:n_prefix])], device=device)  # [1, P]
-    cache = decoder(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True).past_key_values
-    cache.batch_repeat_interleave(len(rows))  # [n, heads, P, d] per layer
-    width = max(len(ids) for ids, _ in rows) - n_prefix
+    prompts = []  # per group: ids[:f-1]; the last prompt position runs with the answers (it predicts their first token)
+    for rows in groups:
+        n_prompt = min(list(m).index(1) for _, m in rows) - 1
+        if n_prompt < 1 or any(list(ids[:n_prompt]) != list(rows[0][0][:n_prompt]) for ids, _ in rows):
+            raise ValueError("rows do not share a prompt before their first scored token")
+        prompts.append(list(rows[0][0][:n_prompt]))
+    common = os.path.commonprefix(prompts)[: min(len(p) for p in prompts) - 1]  # every group keeps >= 1 own token
+    base = None
+    if common:
+        ids = torch.tensor([common], device=device)  # [1, S]
+        base = decoder(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
+    out = []
+    for rows, prompt in zip(groups, prompts):
+        own = torch.tensor([prompt[len(common) :]], device=device)  # [1, P - S]
+        cache = decoder(input_ids=own, attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
+                        past_key_values=copy.deepcopy(base), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(rows))  # [n, heads, P, d] per layer
+        out.append(_score_on_cache(decoder, head, softcap, cache, rows, len(prompt), device))
+    return out
+
+
+def _score_on_cache(decoder, head, softcap, cache, rows, n_prompt: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``ids[n_prompt:]`` on ``cache`` (its first ``n_prompt`` positions, one copy per row)."""
+    width = max(len(ids) for ids, _ in rows) - n_prompt
     ids = torch.zeros(len(rows), width, dtype=torch.long)  # [n, A]: pad id irrelevant, masked out and never scored
     mask = torch.zeros(len(rows), width, dtype=torch.long)  # [n, A] attention on the continuation
     score = torch.zeros(len(rows), width, dtype=torch.bool)  # [n, A] tokens scored
     for r, (row_ids, row_mask) in enumerate(rows):
-        tail = list(row_ids[n_prefix:])
+        tail = list(row_ids[n_prompt:])
         ids[r, : len(tail)] = torch.tensor(tail)
         mask[r, : len(tail)] = 1
-        score[r, : len(tail)] = torch.tensor(list(row_mask[n_prefix:])).bool()
+        score[r, : len(tail)] = torch.tensor(list(row_mask[n_prompt:])).bool()
     ids, mask, score = ids.to(device), mask.to(device), score.to(device)
-    score[:, 0] = False  # the continuation's first token is the prompt's last: never scored (f - 1 < f)
-    attention = torch.cat([torch.ones(len(rows), n_prefix, dtype=torch.long, device=device), mask], dim=1)  # [n, P+A]
+    score[:, 0] = False  # the continuation's first token is the prompt's last: never scored
+    attention = torch.cat([torch.ones(len(rows), n_prompt, dtype=torch.long, device=device), mask], dim=1)  # [n, P+A]
     out = decoder(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [n, A, H]
     b_idx, t_idx = score.nonzero(as_tuple=True)

@@ -126,9 +126,13 @@ def test_shared_prefix_scoring_equals_whole_rows(tmp_path_factory, arch):
     cm[:, 0] = 0
     whole = sequence_logps(naive_token_logps(model, ids, am, cm), cm)  # [6], the plain computation
     group = [rows[i] for i in (0, 2, 4)]  # one question, three answers
-    sums, counts = shared_prefix_sequence_logps(model, group)
+    [(sums, counts)] = shared_prefix_sequence_logps(model, [group])
     torch.testing.assert_close(sums, whole[[0, 2, 4]], atol=1e-4, rtol=1e-5)
     assert counts.tolist() == cm[[0, 2, 4]].sum(-1).tolist()  # answer tokens + EOS, nothing from the prompt
+    # two questions in one call: the template's prefix both prompts share runs once, each question's rest on a copy
+    (s1, _), (s2, c2) = shared_prefix_sequence_logps(model, [group, [rows[1], rows[3]]])
+    torch.testing.assert_close(torch.cat([s1, s2]), whole[[0, 2, 4, 1, 3]], atol=1e-4, rtol=1e-5)
+    assert c2.tolist() == cm[[1, 3]].sum(-1).tolist()
 
     shared, n_shared = score_encoded(model, tok, rows, batch_size=4, progress=False)
     plain, n_plain = score_encoded(model, tok, rows, batch_size=4, progress=False, share_prefix=False)
@@ -137,7 +141,7 @@ def test_shared_prefix_scoring_equals_whole_rows(tmp_path_factory, arch):
     torch.testing.assert_close(torch.tensor(plain), whole.double(), atol=1e-4, rtol=1e-5)
 
     with pytest.raises(ValueError, match="do not share a prompt"):
-        shared_prefix_sequence_logps(model, [rows[0], rows[1]])
+        shared_prefix_sequence_logps(model, [[rows[0], rows[1]]])
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])

@@ -267,6 +267,8 @@ def test_tofu_greedy_answers_and_shared_prompt_scores_equal_the_plain_paths(smol
 
     answers = ["Paris.", "The capital of France is Paris.", "It is Lyon, in the south."]
     rows = [encode_qa(tokenizer, chat, questions[0], a) for a in answers] + [encode_qa(tokenizer, chat, "Hi?", "Hello.")]
+    rows += [encode_qa(tokenizer, chat, questions[3], a) for a in ("4.", "It is five.")]  # a second question: the
+    # system prompt both share runs once, each question's own part once
     shared, n_shared = score_encoded(model, tokenizer, rows, progress=False)
     plain, n_plain = score_encoded(model, tokenizer, rows, progress=False, share_prefix=False)
     assert n_shared.tolist() == n_plain.tolist()

@@ -149,8 +149,8 @@ def score_encoded(model, tokenizer, rows: list[tuple[list[int], list[int]]], bat
     in_shared = {i for g in shared for i in g}
     alone = sorted((i for i in range(len(rows)) if i not in in_shared), key=lambda i: -len(rows[i][0]))  # stable
     bar = tqdm(total=len(rows), desc=desc, disable=not progress, leave=False)
-    for g in shared:
-        s, n = shared_prefix_sequence_logps(model, [rows[i] for i in g])
+    scored = shared_prefix_sequence_logps(model, [[rows[i] for i in g] for g in shared]) if shared else []
+    for g, (s, n) in zip(shared, scored):
         sums[g], lens[g] = s.cpu().numpy(), n.cpu().numpy()
         bar.update(len(g))
     for s in range(0, len(alone), batch_size):

@@ -54,6 +54,7 @@ RETAIN_SPLIT = "retain_authors"  # the subset's retain training file (retain_aut
 LABELS = {"base": "base", **_LABELS}
 RECIPES = {"ga": "ga_tofu", "grad_diff": "grad_diff_tofu", "npo": "npo_rt_tofu", "npo_rt": "npo_rt_tofu",
            "simnpo": "simnpo_tofu"}  # npo: npo_rt's recipe with method.name npo (the forget term alone)
+WITH_RETAIN_TERM = {"grad_diff", "npo_rt", "simnpo"}  # the methods whose step also runs a retain batch
 CACHE_FORMAT = 1  # bump when what a cached folder holds changes
 EVAL_FORMAT = 2  # bump when the evaluation's numbers change (2: shared-prompt scoring, one generation pass)
 KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "forget_prob", "retain_rouge")
@@ -256,8 +257,9 @@ def run_jobs(runs: list[tuple[str, int]], ctx: dict, args) -> dict:
     ctx = {**ctx, "args": argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})}
     print(f"[tofu-smollm2] {len(runs)} unlearning runs, {jobs} at a time ({max(1, threads // jobs)} thread(s) each)",
           flush=True)
-    # the curve runs (more evaluations) first, so the longest work is not left to one process at the end
-    ordered = sorted(runs, key=lambda r: r[1] != ctx["first_seed"])
+    # longest first, so the longest work is not left to one process at the end: the curve runs (more evaluations),
+    # and within them the methods with a retain term (a second forward and backward every step)
+    ordered = sorted(runs, key=lambda r: (r[1] != ctx["first_seed"], r[0] not in WITH_RETAIN_TERM))
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {r: pool.submit(_job, r, ctx, max(1, threads // jobs)) for r in ordered}
         return {r: futures[r].result() for r in runs}
